@@ -1,0 +1,3 @@
+from ecos_cli.main import main
+
+main()

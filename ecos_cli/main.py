@@ -1,0 +1,187 @@
+"""`ecos`: the command line. Heavy imports happen inside each command, so the edge
+client (`ecos client respond`) never loads Prefect."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+app = typer.Typer(help="ECOS: train edge models on a proxy set picked from a public pool, without the client's data.",
+                  no_args_is_help=True, add_completion=False)  # fmt: skip
+client_app = typer.Typer(help="Edge-client commands: run on the device; need no Prefect and no cloud credentials.",
+                         no_args_is_help=True)  # fmt: skip
+privacy_app = typer.Typer(help="Privacy accounting (dp-accounting) for the noisy coverage scores.", no_args_is_help=True)
+data_app = typer.Typer(help="The built-in multi-domain digits pool and user datasets.", no_args_is_help=True)
+app.add_typer(client_app, name="client")
+app.add_typer(privacy_app, name="privacy")
+app.add_typer(data_app, name="data")
+
+StoreOpt = typer.Option(None, "--store", help="Artifact store URL (folder or s3://bucket/prefix). Default: $ECOS_STORE or ./ecos-store.")
+
+
+def _round_config(config: Optional[Path], overrides: dict):  # noqa: ANN202
+    from ecos_core.config import RoundConfig
+
+    base = json.loads(config.read_text()) if config else {}
+    for dotted, value in overrides.items():
+        if value is None:
+            continue
+        node = base
+        *parents, leaf = dotted.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return RoundConfig.model_validate(base)
+
+
+def _store_url(store: Optional[str]) -> str:
+    from ecos_core.settings import Settings
+
+    return store or Settings().store
+
+
+@app.command()
+def run(
+    client_domain: Optional[str] = typer.Option(None, help="The client's domain (default mnistm)."),
+    regime: Optional[str] = typer.Option(None, help="id+ood (rest of the client's domain in the pool) or ood."),
+    budget: Optional[int] = typer.Option(None, help="Proxy-set size B (default 1000)."),
+    k: Optional[int] = typer.Option(None, "--k", help="Number of centroids K (default 100)."),
+    sigma: Optional[float] = typer.Option(None, help="Noise std of each coverage score (default 6.1 → ε≈0.58)."),
+    seed: Optional[int] = typer.Option(None, help="Seed of every random step (default 0)."),
+    clients: Optional[int] = typer.Option(None, help="Number of simulated clients (default 1)."),
+    config: Optional[Path] = typer.Option(None, help="RoundConfig as JSON; flags override it."),
+    store: Optional[str] = StoreOpt,
+    round_id: Optional[str] = typer.Option(None, help="Round id (default: time-based)."),
+) -> None:
+    """The main job: one full ECOS round on the built-in pool with a simulated client process;
+    prints ECOS vs Random, K-Center, Oracle and Local, and writes the report to the store."""
+    cfg = _round_config(config, {"data.client_domain": client_domain, "data.regime": regime, "sampling.budget": budget,
+                                 "index.k": k, "sigma": sigma, "seed": seed,
+                                 "clients": [f"client-{i}" for i in range(clients)] if clients else None})  # fmt: skip
+    from ecos_core.settings import Settings
+    from flows.round_flow import round_flow
+
+    url = _store_url(store)
+    out = round_flow(cfg, url, round_id, True, Settings().device_dir)
+    _print_report(out)
+
+
+def _print_report(out: dict) -> None:
+    import pandas as pd
+
+    from ecos_core.report import markdown_table
+
+    results = pd.DataFrame(out["results"])
+    typer.echo("\nResults (client test accuracy, privacy ε, bytes to/from the client):\n")
+    typer.echo(markdown_table(results))
+    if out["domains"]:
+        typer.echo("\nEvery domain alone (Local accuracy):\n")
+        typer.echo(markdown_table(pd.DataFrame(out["domains"])[["domain", "accuracy", "epochs", "final_loss", "train_s"]]))
+    typer.echo("\nTime per step (s):\n")
+    typer.echo(markdown_table(pd.DataFrame({"step": list(out["steps"]), "seconds": list(out["steps"].values())}), ".1f"))
+    typer.echo(f"\nReport: {out['report_uri']}")
+
+
+@app.command()
+def index(
+    config: Optional[Path] = typer.Option(None, help="RoundConfig as JSON (its data and index parts are used)."),
+    store: Optional[str] = StoreOpt,
+) -> None:
+    """Run only the index flow: pool features (cached by content) and faiss KMeans."""
+    from flows.index_flow import index_flow
+
+    out = index_flow(_round_config(config, {}), _store_url(store))
+    typer.echo(json.dumps(out["index"], indent=1))
+
+
+@client_app.command("respond")
+def client_respond(
+    round_id: str = typer.Option(..., "--round", help="The round to answer."),
+    client_id: str = typer.Option(..., help="This device's client id."),
+    data: str = typer.Option(..., help="Local data: an image folder, a manifest (.csv/.parquet), an ImageSet .npz, or builtin:<domain>."),
+    store: Optional[str] = StoreOpt,
+    wait: float = typer.Option(600.0, help="Seconds to wait for the probe to appear."),
+    seed: Optional[int] = typer.Option(None, help="Noise seed (simulations only; default: fresh OS entropy)."),
+    weights: Optional[str] = typer.Option(None, help="Local backbone weights file (default: the packaged MobileNetV2)."),
+    progress: bool = typer.Option(True, help="Show a progress bar."),
+) -> None:
+    """Fetch the round's probe, verify it, compute the noisy coverage scores on local data
+    and upload them. Only K noisy scalars and the ids leave the device."""
+    from ecos_core.client import answer_probe, fetch_probe, upload_response
+    from ecos_core.store import Store
+
+    st = Store(_store_url(store))
+    probe, centroids, down = fetch_probe(st, round_id, wait_s=wait)
+    images = _load_local(data).images
+    answer = answer_probe(probe, centroids, images, client_id, seed=seed, weights_path=weights, show_bar=progress)
+    uri = upload_response(st, round_id, client_id, answer.wire)
+    typer.echo(f"{client_id}: answered round {round_id} from {answer.n_samples} local samples in {answer.seconds:.1f} s; "
+               f"downloaded {down} B, uploaded {len(answer.wire)} B to {uri}; ε={answer.epsilon:.3f} at δ={probe.delta:g}")  # fmt: skip
+
+
+def _load_local(spec: str):  # noqa: ANN202
+    if spec.endswith(".npz"):
+        from ecos_core.data.npz import load_imageset
+
+        return load_imageset(spec)
+    from ecos_core.data.user import load_dataset
+
+    return load_dataset(spec)
+
+
+@privacy_app.command("epsilon")
+def privacy_epsilon(
+    sigma: float = typer.Option(..., help="Noise std of each score."),
+    delta: float = typer.Option(1e-5, help="δ."),
+    rounds: int = typer.Option(1, help="Responses composed (rounds answered by one client)."),
+    accountant: str = typer.Option("pld", help="pld or rdp."),
+) -> None:
+    """ε of the noisy coverage scores at δ, composed over rounds."""
+    from ecos_core.privacy import gaussian_epsilon
+
+    typer.echo(f"{gaussian_epsilon(sigma, delta, rounds, accountant=accountant):.4f}")
+
+
+@privacy_app.command("sigma")
+def privacy_sigma(
+    epsilon: float = typer.Option(..., help="Target ε."),
+    delta: float = typer.Option(1e-5, help="δ."),
+    rounds: int = typer.Option(1, help="Responses composed."),
+) -> None:
+    """The smallest σ whose ε (PLD) is at most the target."""
+    from ecos_core.privacy import sigma_for_epsilon
+
+    typer.echo(f"{sigma_for_epsilon(epsilon, delta, rounds):.4f}")
+
+
+@data_app.command("list")
+def data_list() -> None:
+    """The built-in domains and their sizes (builds their cache the first time)."""
+    from ecos_core.data.builtin import BUILTIN_DOMAINS, DISTRACTOR_DOMAINS, load_domain
+
+    for name in BUILTIN_DOMAINS:
+        part = load_domain(name)
+        kind = "distractor" if name in DISTRACTOR_DOMAINS else "digits"
+        typer.echo(f"{name:10s} {len(part):6d} samples  {kind}")
+
+
+@data_app.command("check")
+def data_check(spec: str = typer.Argument(..., help="An image folder, a manifest, or builtin:<domain>.")) -> None:
+    """Load a dataset the way the pipeline would and print its size, classes and domains."""
+    from ecos_core.data.split import domain_counts
+
+    part = _load_local(spec)
+    typer.echo(f"{spec}: {len(part)} images {part.images.shape[1:]}, labels {sorted(set(part.labels.tolist()))}, "
+               f"domains {domain_counts(part)}")  # fmt: skip
+
+
+def main() -> None:
+    try:
+        app()
+    except (ValueError, FileNotFoundError, TimeoutError) as err:  # user errors: one clear line, no traceback
+        typer.echo(f"error: {err}", err=True)
+        sys.exit(2)

@@ -1,0 +1,86 @@
+"""Typed settings of a round (pydantic): what a person fills in, with the defaults we chose."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from ecos_core.backbone import Preprocessing
+from ecos_core.data.builtin import BUILTIN_DOMAINS
+from ecos_core.samplers import SAMPLERS
+from ecos_core.train import TrainConfig
+
+
+class DataConfig(BaseModel):
+    """The pool and the client's private data: built-in domains, split with a seed."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    domains: tuple[str, ...] = BUILTIN_DOMAINS
+    client_domain: str = "mnistm"
+    regime: Literal["id+ood", "ood"] = "id+ood"
+    max_per_domain: int = Field(6000, ge=10)
+    n_client_train: int = Field(1000, ge=1)
+    n_client_test: int = Field(1000, ge=1)
+
+    @model_validator(mode="after")
+    def _client_in_domains(self) -> "DataConfig":
+        if self.client_domain not in self.domains:
+            raise ValueError(f"client_domain {self.client_domain!r} is not one of domains {list(self.domains)}")
+        return self
+
+
+class IndexConfig(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    k: int = Field(100, ge=2)  # ≈ the paper's 2e5-byte DomainNet probe at d=512
+    niter: int = Field(25, ge=1)
+    nredo: int = Field(3, ge=1)
+    preprocessing: Preprocessing = Preprocessing()
+    batch_size: int = Field(128, ge=1)  # faster than 256+ on 2 CPU cores
+
+
+class SamplingConfig(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    budget: int = Field(1000, ge=1)
+    samplers: tuple[str, ...] = ("ecos", "oracle", "random", "kcenter")
+    threshold_sigmas: float = Field(3.0, ge=0)
+    threshold_share: float = Field(0.005, ge=0, lt=1)
+    exhausted: Literal["fill", "stop"] = "fill"
+
+    @field_validator("samplers")
+    @classmethod
+    def _known(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        unknown = [s for s in value if s not in SAMPLERS]
+        if unknown:
+            raise ValueError(f"unknown samplers {unknown}; known: {list(SAMPLERS)}")
+        return value
+
+
+class RoundConfig(BaseModel):
+    """One outsourcing round. `seed` drives every random step (split, KMeans, sampling,
+    training, and the simulated client's noise), so a rerun selects the same samples."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    seed: int = 0
+    sigma: float = Field(6.1, gt=0)  # ε ≈ 0.58 at δ=1e-5 (PLD), the paper's setting
+    delta: float = Field(1e-5, gt=0, lt=1)
+    clients: tuple[str, ...] = ("client-0",)
+    quorum: int = Field(1, ge=1)
+    deadline_s: float = Field(600.0, gt=0)
+    poll_s: float = Field(1.0, gt=0)
+    local_baseline: bool = True  # also train on the client's own data ("Local")
+    domain_report: bool = True  # each domain's Local accuracy (is every domain learnable?)
+    data: DataConfig = DataConfig()
+    index: IndexConfig = IndexConfig()
+    sampling: SamplingConfig = SamplingConfig()
+    train: TrainConfig = TrainConfig()
+
+    @model_validator(mode="after")
+    def _quorum(self) -> "RoundConfig":
+        if self.quorum > len(self.clients):
+            raise ValueError(f"quorum {self.quorum} is larger than the {len(self.clients)} expected clients")
+        return self

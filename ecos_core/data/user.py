@@ -1,0 +1,291 @@
+"""Load a user's own images as an ImageSet, from local disk or any fsspec URL.
+
+Two layouts are supported:
+
+* image folder: root/<class>/<file>. Class folder names, sorted, give the label ids
+  (label i == image_folder_classes(root)[i]). Files may sit in nested folders under a
+  class folder. Hidden entries (".DS_Store", ".git") and loose files directly in root
+  (a README, say) are ignored. Every other file must be an image.
+* manifest: a .csv or .parquet table with columns uri, label, domain and optionally id.
+  Labels must be non-negative integers. Class-name strings are rejected on purpose:
+  mapping them per file would give the same name different ids in the client's and the
+  pool's manifests. Relative uris resolve against `base`, else the manifest's folder.
+
+Every image is converted to RGB and resized to size x size (bilinear, aspect ratio not
+kept, matching the built-in 28x28 domains).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import posixpath
+from collections.abc import Iterator
+from pathlib import PurePosixPath
+from typing import Any
+
+import fsspec
+import numpy as np
+import pandas as pd
+from fsspec.core import url_to_fs
+from PIL import Image, UnidentifiedImageError
+
+from ecos_core.data.builtin import IMAGE_SIZE, load_domain
+from ecos_core.data.split import subsample
+from ecos_core.types import ImageSet
+
+MAX_BYTES_PER_FILE = 20_000_000
+MANIFEST_COLUMNS = ("uri", "label", "domain")
+_MANIFEST_SUFFIXES = (".csv", ".parquet", ".pq")
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _open_store(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
+    try:
+        return url_to_fs(url)
+    except (ImportError, ValueError) as exc:
+        # e.g. "s3://..." without s3fs installed, or a malformed URL.
+        raise ValueError(f"{url}: cannot open storage ({exc})") from exc
+
+
+@contextlib.contextmanager
+def _storage_errors(url: str, action: str) -> Iterator[None]:
+    """Turn backend-specific failures (botocore, aiohttp, ...) into one ValueError naming the URL.
+
+    FileNotFoundError and our own ValueErrors already name the URL and pass through.
+    """
+    try:
+        yield
+    except (FileNotFoundError, ValueError):
+        raise
+    except Exception as exc:  # noqa: BLE001 - each fsspec backend has its own exception types
+        raise ValueError(f"{url}: cannot {action} ({type(exc).__name__}: {exc})") from exc
+
+
+def _read_capped(fs: fsspec.AbstractFileSystem, path: str, url: str, max_bytes: int) -> bytes:
+    size = fs.size(path)
+    if size is not None and size > max_bytes:
+        raise ValueError(f"{url}: file too large ({size} bytes > limit {max_bytes})")
+    with fs.open(path, "rb") as fh:
+        data = fh.read(max_bytes + 1)  # the listed size may lie; never read unbounded
+    if len(data) > max_bytes:
+        raise ValueError(f"{url}: file too large (> limit {max_bytes} bytes)")
+    return data
+
+
+def _check_size(size: int) -> None:
+    if not isinstance(size, int) or size < 1:
+        raise ValueError(f"image size must be a positive int, got {size!r}")
+
+
+def _decode(data: bytes, url: str, size: int) -> np.ndarray:
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            rgb = im.convert("RGB").resize((size, size), Image.BILINEAR)
+            return np.asarray(rgb, dtype=np.uint8)
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError) as exc:
+        raise ValueError(f"{url}: not an image ({exc})") from exc
+
+
+def _is_hidden(path: str) -> bool:
+    return any(part.startswith(".") for part in PurePosixPath(path).parts)
+
+
+def _join_url(fs: fsspec.AbstractFileSystem, root: str, path: str) -> str:
+    """Display form of a filesystem path in messages: plain for local roots, else a URL."""
+    return path if "://" not in root else fs.unstrip_protocol(path)
+
+
+# --------------------------------------------------------------------------- image folder
+
+
+def _class_dirs(root: str) -> tuple[fsspec.AbstractFileSystem, str, list[tuple[str, str]]]:
+    fs, path = _open_store(root)
+    with _storage_errors(root, "list image folder"):
+        try:
+            is_dir = fs.isdir(path)
+            if not is_dir:
+                reason = "is a file, not a folder" if fs.exists(path) else "image folder not found"
+                raise FileNotFoundError(f"{root}: {reason}")
+            entries = fs.ls(path, detail=True)
+        except FileNotFoundError as exc:
+            if str(exc).startswith(root):
+                raise
+            raise FileNotFoundError(f"{root}: image folder not found") from exc
+    dirs = sorted(
+        (posixpath.basename(e["name"].rstrip("/")), e["name"])
+        for e in entries
+        if e.get("type") == "directory" and not posixpath.basename(e["name"].rstrip("/")).startswith(".")
+    )
+    if not dirs:
+        raise ValueError(f"{root}: empty image folder (expected root/<class>/<image files>)")
+    return fs, path, dirs
+
+
+def image_folder_classes(root: str) -> list[str]:
+    """Class names of an image folder; label i of load_image_folder(root) is classes[i]."""
+    return [name for name, _ in _class_dirs(root)[2]]
+
+
+def load_image_folder(
+    root: str,
+    size: int = IMAGE_SIZE,
+    domain: str | None = None,
+    max_bytes_per_file: int = MAX_BYTES_PER_FILE,
+) -> ImageSet:
+    """Load root/<class>/<file> images (local path or fsspec URL) as an ImageSet.
+
+    Labels are indices into image_folder_classes(root). domain defaults to the root
+    folder's name; ids are "<domain>/<class>/<relative file path>", stable across runs.
+    """
+    _check_size(size)
+    fs, path, dirs = _class_dirs(root)
+    domain = domain or posixpath.basename(path.rstrip("/")) or "user"
+    images: list[np.ndarray] = []
+    labels: list[int] = []
+    ids: list[str] = []
+    for label, (name, class_path) in enumerate(dirs):
+        with _storage_errors(_join_url(fs, root, class_path), "list class folder"):
+            files = sorted(fs.find(class_path))
+        for file_path in files:
+            rel = posixpath.relpath(file_path, class_path)
+            if _is_hidden(rel):
+                continue
+            url = _join_url(fs, root, file_path)
+            with _storage_errors(url, "read image"):
+                data = _read_capped(fs, file_path, url, max_bytes_per_file)
+            images.append(_decode(data, url, size))
+            labels.append(label)
+            ids.append(f"{domain}/{name}/{rel}")
+    if not images:
+        raise ValueError(f"{root}: empty image folder (class folders {[d for d, _ in dirs]} hold no files)")
+    return ImageSet(
+        images=np.stack(images),
+        labels=np.asarray(labels, dtype=np.int64),
+        domains=np.full(len(images), domain, dtype=f"<U{max(1, len(domain))}"),
+        ids=np.asarray(ids, dtype=str),
+    )
+
+
+# --------------------------------------------------------------------------- manifest
+
+
+def _read_table(url: str) -> pd.DataFrame:
+    fs, path = _open_store(url)
+    with _storage_errors(url, "access manifest"):
+        exists = fs.exists(path)
+    if not exists:
+        raise FileNotFoundError(f"{url}: manifest not found")
+    try:
+        with _storage_errors(url, "read manifest"), fs.open(path, "rb") as fh:
+            if url.lower().endswith(".csv"):
+                # Read everything as text: we validate label/uri types ourselves.
+                return pd.read_csv(fh, dtype=str, keep_default_na=False)
+            return pd.read_parquet(fh)
+    except (OSError, ValueError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+        if str(exc).startswith(f"{url}: "):
+            raise
+        raise ValueError(f"{url}: cannot read manifest ({exc})") from exc
+
+
+def _resolve(uri: str, base: str) -> str:
+    if "://" in uri or uri.startswith("/"):
+        return uri
+    return posixpath.join(base, uri)
+
+
+def _text(value: Any) -> str:
+    """Cell as stripped text; missing cells (None/NaN) become ""."""
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return ""
+    return str(value).strip()
+
+
+def _as_label(value: Any, url: str, row: int) -> int:
+    text = _text(value)
+    try:
+        number = float(text)
+        if not number.is_integer():
+            raise ValueError
+        label = int(number)
+    except (ValueError, OverflowError):
+        raise ValueError(f"{url}: row {row}: label {value!r} is not an integer class id") from None
+    if label < 0:
+        raise ValueError(f"{url}: row {row}: label {label} is negative")
+    return label
+
+
+def load_manifest(url: str, size: int = IMAGE_SIZE, base: str | None = None) -> ImageSet:
+    """Load the images listed in a CSV/parquet manifest (columns uri, label, domain[, id]).
+
+    Rows are 0-based data rows. Without an id column, ids are "<manifest stem>/<row>".
+    """
+    _check_size(size)
+    if not url.lower().endswith(_MANIFEST_SUFFIXES):
+        raise ValueError(f"{url}: manifest must end with one of {_MANIFEST_SUFFIXES}")
+    table = _read_table(url)
+    missing = [c for c in MANIFEST_COLUMNS if c not in table.columns]
+    if missing:
+        raise ValueError(f"{url}: manifest is missing columns {missing} (has {list(table.columns)})")
+    if table.empty:
+        raise ValueError(f"{url}: manifest has no rows")
+    base = base if base is not None else url.rsplit("/", 1)[0] if "/" in url else "."
+    stem = PurePosixPath(url.rsplit("/", 1)[-1]).stem
+
+    has_id = "id" in table.columns
+    images, labels, domains, ids = [], [], [], []
+    for row in range(len(table)):
+        uri, domain = _text(table["uri"].iat[row]), _text(table["domain"].iat[row])
+        if not uri:
+            raise ValueError(f"{url}: row {row}: empty uri")
+        if not domain:
+            raise ValueError(f"{url}: row {row}: empty domain")
+        labels.append(_as_label(table["label"].iat[row], url, row))
+        target = _resolve(uri, base)
+        try:
+            fs, path = _open_store(target)
+            images.append(_decode(_read_capped(fs, path, target, MAX_BYTES_PER_FILE), target, size))
+        except Exception as exc:  # noqa: BLE001 - missing file, not an image, backend error alike
+            raise ValueError(f"{url}: row {row}: cannot load image uri {uri!r} ({exc})") from exc
+        domains.append(domain)
+        sample_id = _text(table["id"].iat[row]) if has_id else f"{stem}/{row:06d}"
+        if not sample_id:
+            raise ValueError(f"{url}: row {row}: empty id")
+        ids.append(sample_id)
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"{url}: duplicate ids in manifest")
+    return ImageSet(
+        images=np.stack(images),
+        labels=np.asarray(labels, dtype=np.int64),
+        domains=np.asarray(domains, dtype=str),
+        ids=np.asarray(ids, dtype=str),
+    )
+
+
+# --------------------------------------------------------------------------- dispatch
+
+
+def load_dataset(
+    spec: str,
+    size: int = IMAGE_SIZE,
+    *,
+    domain: str | None = None,
+    cache_dir: str | None = None,
+    max_samples: int | None = None,
+    seed: int = 0,
+) -> ImageSet:
+    """Load "builtin:<domain>", a .csv/.parquet manifest, or an image folder.
+
+    max_samples takes the same seeded, order-preserving subset for every source.
+    """
+    if spec.startswith("builtin:"):
+        if size != IMAGE_SIZE:
+            raise ValueError(f"{spec}: built-in domains are {IMAGE_SIZE}x{IMAGE_SIZE}, size={size} requested")
+        return load_domain(spec.split(":", 1)[1], cache_dir=cache_dir, max_samples=max_samples, seed=seed)
+    if spec.lower().endswith(_MANIFEST_SUFFIXES):
+        data = load_manifest(spec, size=size)
+    else:
+        data = load_image_folder(spec, size=size, domain=domain)
+    return subsample(data, max_samples, seed)

@@ -1,0 +1,66 @@
+"""Cloud index: compress the pool's features into K centroids with faiss KMeans."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import faiss
+import numpy as np
+
+
+def l2_normalize(features: np.ndarray) -> np.ndarray:
+    """Unit-length rows: cosine geometry, so clustering ignores feature magnitude.
+
+    Cloud and client both apply it; the probe names it (feature_norm="l2").
+    """
+    x = np.ascontiguousarray(features, dtype=np.float32)
+    if x.ndim != 2:
+        raise ValueError(f"features must be 2-D (N, d), got shape {x.shape}")
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return x / np.maximum(norms, 1e-12)
+
+
+@dataclass(frozen=True)
+class PoolIndex:
+    """K centroids of the pool and each pool sample's cluster id."""
+
+    centroids: np.ndarray  # float32 (K, d)
+    assignments: np.ndarray  # int64 (N,)
+
+    @property
+    def k(self) -> int:
+        return int(self.centroids.shape[0])
+
+    def cluster_sizes(self) -> np.ndarray:
+        return np.bincount(self.assignments, minlength=self.k)
+
+
+def nearest_centroid(features: np.ndarray, centroids: np.ndarray) -> np.ndarray:
+    """Index (int64) of the nearest centroid of every row (exact L2 search)."""
+    centroids = np.ascontiguousarray(centroids, dtype=np.float32)
+    x = np.ascontiguousarray(features, dtype=np.float32)
+    if x.ndim != 2 or centroids.ndim != 2 or x.shape[1] != centroids.shape[1]:
+        raise ValueError(f"features {x.shape} and centroids {centroids.shape} must be (N, d) and (K, d)")
+    if len(x) == 0:
+        return np.zeros(0, dtype=np.int64)
+    search = faiss.IndexFlatL2(centroids.shape[1])
+    search.add(centroids)
+    _, nearest = search.search(x, 1)
+    return nearest[:, 0].astype(np.int64)
+
+
+def build_index(features: np.ndarray, k: int = 100, seed: int = 0, niter: int = 25, nredo: int = 3) -> PoolIndex:
+    """faiss KMeans on l2-normalised features (all points used: the pool is small enough).
+
+    nredo restarts keep the lowest-inertia run: faiss seeds centroids uniformly at random,
+    and a single run can merge two modes while splitting another.
+    """
+    x = l2_normalize(features)
+    if not 1 <= k <= len(x):
+        raise ValueError(f"k must be between 1 and the pool size {len(x)}, got {k}")
+    if not np.isfinite(x).all():
+        raise ValueError("pool features contain NaN or inf")
+    kmeans = faiss.Kmeans(x.shape[1], k, niter=niter, nredo=nredo, seed=seed, max_points_per_centroid=len(x), verbose=False)
+    kmeans.train(x)
+    centroids = kmeans.centroids.astype(np.float32)
+    return PoolIndex(centroids=centroids, assignments=nearest_centroid(x, centroids))

@@ -1,0 +1,43 @@
+"""Where each artifact lives in the store: one function per key, one place to change them.
+
+Every round's artifacts sit under rounds/<round_id>/. No key is both an object and a
+"folder" (S3 servers that keep objects as files refuse that).
+"""
+
+from __future__ import annotations
+
+
+def features(content_key: str) -> str:
+    return f"features/{content_key}.npy"
+
+
+def index_part(index_key: str, part: str) -> str:
+    return f"index/{index_key}/{part}"  # centroids.npy, assignments.npy, meta.json
+
+
+def round_key(round_id: str, name: str) -> str:
+    return f"rounds/{round_id}/{name}"
+
+
+def probe_json(round_id: str) -> str:
+    return round_key(round_id, "probe/probe.json")
+
+
+def probe_centroids(round_id: str) -> str:
+    return round_key(round_id, "probe/centroids.npy")
+
+
+def responses_prefix(round_id: str) -> str:
+    return round_key(round_id, "responses")
+
+
+def response(round_id: str, client_id: str) -> str:
+    return f"{responses_prefix(round_id)}/{client_id}.json"
+
+
+def selection(round_id: str, client_id: str, method: str) -> str:
+    return round_key(round_id, f"selections/{client_id}/{method}.npy")
+
+
+def cache(kind: str, key: str) -> str:
+    return f"cache/{kind}/{key}.json"

@@ -1,0 +1,46 @@
+"""Results people compare: a table (pandas → markdown/CSV) and a plot (PNG bytes)."""
+
+from __future__ import annotations
+
+import io
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless: the report is written to the store, never shown
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+
+METHOD_ORDER = ("ecos", "oracle", "random", "kcenter", "full", "local")
+
+
+def markdown_table(frame: pd.DataFrame, floatfmt: str = ".3f") -> str:
+    return frame.to_markdown(index=False, floatfmt=floatfmt)
+
+
+def domain_mix(domains_by_method: dict[str, list[str]]) -> pd.DataFrame:
+    """Rows: method; columns: domain; values: share of the proxy set from that domain."""
+    rows = {m: pd.Series(d).value_counts(normalize=True) for m, d in domains_by_method.items() if len(d)}
+    return pd.DataFrame(rows).T.fillna(0.0).sort_index(axis=1)
+
+
+def results_plot(results: pd.DataFrame, mix: pd.DataFrame, title: str) -> bytes:
+    """Left: client test accuracy by method. Right: domain mix of each proxy set."""
+    fig, (ax_acc, ax_mix) = plt.subplots(1, 2, figsize=(11, 4.2))
+    ordered = results.set_index("method").reindex([m for m in METHOD_ORDER if m in set(results["method"])])
+    bars = ax_acc.bar(ordered.index, ordered["accuracy"] * 100, color="#4c72b0")
+    ax_acc.bar_label(bars, fmt="%.1f")
+    ax_acc.set_ylabel("client test accuracy (%)")
+    ax_acc.set_ylim(0, 105)
+    ax_acc.set_title("accuracy by method")
+    if not mix.empty:
+        mix = mix.reindex([m for m in METHOD_ORDER if m in mix.index])
+        (mix * 100).plot.bar(stacked=True, ax=ax_mix, colormap="tab10", rot=0, width=0.7)
+        ax_mix.set_ylabel("share of proxy set (%)")
+        ax_mix.legend(title="domain", fontsize=8, bbox_to_anchor=(1.0, 1.0), loc="upper left")
+    ax_mix.set_title("domain mix of each proxy set")
+    fig.suptitle(title)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    return buf.getvalue()

@@ -1,0 +1,201 @@
+"""Proxy-set samplers behind one interface: `select(pool, budget) -> pool indices`.
+
+Parameters live in the constructor, `select` is pure and seeded (scikit-learn style).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+import numpy as np
+
+from ecos_core.kcenter import kcenter_greedy
+
+
+@dataclass(frozen=True)
+class SamplingPool:
+    """What a sampler may look at: the pool's features and its index."""
+
+    features: np.ndarray  # float32 (N, d), l2-normalised
+    assignments: np.ndarray  # int64 (N,), cluster id per pool sample
+    centroids: np.ndarray  # float32 (K, d)
+
+    def __post_init__(self) -> None:
+        if len(self.features) != len(self.assignments):
+            raise ValueError(f"{len(self.features)} features but {len(self.assignments)} assignments")
+
+    def __len__(self) -> int:
+        return len(self.features)
+
+
+class Sampler(Protocol):
+    name: str
+
+    def select(self, pool: SamplingPool, budget: int) -> np.ndarray: ...
+
+
+def _check_budget(budget: int) -> None:
+    if budget < 0:
+        raise ValueError(f"budget must be >= 0, got {budget}")
+
+
+@dataclass(frozen=True)
+class RandomSampler:
+    seed: int = 0
+    name: str = "random"
+
+    def select(self, pool: SamplingPool, budget: int) -> np.ndarray:
+        _check_budget(budget)
+        rng = np.random.default_rng(self.seed)
+        return np.sort(rng.choice(len(pool), size=min(budget, len(pool)), replace=False)).astype(np.int64)
+
+
+@dataclass(frozen=True)
+class KCenterSampler:
+    """Greedy k-center over the whole pool: diverse, but blind to the client."""
+
+    seed: int = 0
+    name: str = "kcenter"
+
+    def select(self, pool: SamplingPool, budget: int) -> np.ndarray:
+        _check_budget(budget)
+        first = int(np.random.default_rng(self.seed).integers(len(pool)))
+        return np.sort(kcenter_greedy(pool.features, budget, first))
+
+
+@dataclass(frozen=True)
+class FullPoolSampler:
+    """Every pool sample (ignores the budget): the "use everything" reference."""
+
+    name: str = "full"
+
+    def select(self, pool: SamplingPool, budget: int) -> np.ndarray:
+        return np.arange(len(pool), dtype=np.int64)
+
+
+def allocate_budget(weights: np.ndarray, capacity: np.ndarray, budget: int) -> np.ndarray:
+    """Integer shares of `budget` proportional to `weights`, never above `capacity`.
+
+    Water-filling: a cluster that cannot take its share is filled and the rest is
+    shared again among the others. Rounding by largest remainder (ties to lower id),
+    so the result is deterministic and sums to min(budget, capacity of weighted bins).
+    """
+    weights = np.where(np.asarray(weights, dtype=np.float64) > 0, weights, 0.0)
+    capacity = np.asarray(capacity, dtype=np.int64)
+    share = np.zeros(len(weights), dtype=np.int64)
+    remaining = int(min(budget, capacity[weights > 0].sum()))
+    while remaining > 0:
+        open_ = (weights > 0) & (share < capacity)
+        ideal = remaining * weights * open_ / weights[open_].sum()
+        room = capacity - share
+        take = np.minimum(np.floor(ideal).astype(np.int64), room)
+        if take.sum() == 0:  # only remainders left: one each, largest remainder first
+            order = np.lexsort((np.arange(len(ideal)), -(ideal - np.floor(ideal))))
+            for i in order[:remaining]:
+                if open_[i] and room[i] > 0:
+                    take[i] = 1
+        share += take
+        remaining -= int(take.sum())
+    return share
+
+
+@dataclass(frozen=True)
+class ECOSSampler:
+    """ECOS "diversely decompress": proximity (drop low-score clusters), budget shared
+    by score, diversity (k-center greedy inside each cluster).
+
+    A cluster is kept when its score reaches
+        max(threshold_sigmas · σ, threshold_share · Σ positive scores):
+    the σ term rejects bins that noise alone could fill (3σ: about 1 false bin in 740
+    when K=100), the share term rejects bins that hold a negligible part of the client.
+    When the kept clusters cannot absorb the budget, `exhausted="fill"` continues with
+    the remaining clusters in score order (budget spent exactly), `"stop"` leaves the
+    rest unspent rather than sampling clusters the client does not cover.
+    With sigma=0 and exact counts this is the non-private Oracle.
+    """
+
+    sigma: float
+    seed: int = 0
+    threshold_sigmas: float = 3.0
+    threshold_share: float = 0.005
+    exhausted: Literal["fill", "stop"] = "fill"
+    name: str = "ecos"
+
+    def keep_mask(self, scores: np.ndarray) -> np.ndarray:
+        positive_total = float(np.clip(scores, 0, None).sum())
+        threshold = max(self.threshold_sigmas * self.sigma, self.threshold_share * positive_total)
+        return (scores >= threshold) & (scores > 0)
+
+    def cluster_budgets(self, scores: np.ndarray, sizes: np.ndarray, budget: int) -> np.ndarray:
+        keep = self.keep_mask(scores)
+        share = allocate_budget(np.where(keep, scores, 0.0), sizes, budget)
+        left = budget - int(share.sum())
+        if left > 0 and self.exhausted == "fill":
+            # next best clusters first, in descending score order
+            for cluster in np.lexsort((np.arange(len(scores)), -scores)):
+                if left == 0:
+                    break
+                extra = min(left, int(sizes[cluster] - share[cluster]))
+                share[cluster] += extra
+                left -= extra
+        return share
+
+    def select_with_scores(self, pool: SamplingPool, budget: int, scores: np.ndarray) -> np.ndarray:
+        _check_budget(budget)
+        scores = np.asarray(scores, dtype=np.float64)
+        k = len(pool.centroids)
+        if scores.shape != (k,) or not np.isfinite(scores).all():
+            raise ValueError(f"scores must be {k} finite numbers, got shape {scores.shape}")
+        sizes = np.bincount(pool.assignments, minlength=k)
+        share = self.cluster_budgets(scores, sizes, budget)
+        picked: list[np.ndarray] = []
+        for cluster in np.flatnonzero(share):
+            members = np.flatnonzero(pool.assignments == cluster)
+            # start from the member nearest the centroid: the cluster's most typical sample
+            centre = int(np.argmax(pool.features[members] @ pool.centroids[cluster]))
+            picked.append(members[kcenter_greedy(pool.features[members], int(share[cluster]), centre)])
+        return np.sort(np.concatenate(picked)) if picked else np.zeros(0, dtype=np.int64)
+
+
+@dataclass(frozen=True)
+class ScoredSampler:
+    """Binds an ECOS rule to one set of scores so it fits the common interface."""
+
+    rule: ECOSSampler
+    scores: np.ndarray
+    name: str = "ecos"
+
+    def select(self, pool: SamplingPool, budget: int) -> np.ndarray:
+        return self.rule.select_with_scores(pool, budget, self.scores)
+
+
+SAMPLERS = ("ecos", "oracle", "random", "kcenter", "full")
+
+
+def make_sampler(
+    name: str,
+    *,
+    seed: int = 0,
+    sigma: float = 0.0,
+    noisy_scores: np.ndarray | None = None,
+    exact_counts: np.ndarray | None = None,
+    **ecos_params: object,
+) -> Sampler:
+    """One sampler by name. ECOS needs the client's noisy scores; the Oracle the exact,
+    noise-free counts (a non-private upper bound that only a simulation can compute)."""
+    if name == "ecos":
+        if noisy_scores is None:
+            raise ValueError("the ecos sampler needs the client's noisy coverage scores")
+        return ScoredSampler(ECOSSampler(sigma=sigma, seed=seed, **ecos_params), noisy_scores, "ecos")
+    if name == "oracle":
+        if exact_counts is None:
+            raise ValueError("the oracle sampler needs the client's exact coverage counts")
+        return ScoredSampler(ECOSSampler(sigma=0.0, seed=seed, **ecos_params), exact_counts, "oracle")
+    if name == "random":
+        return RandomSampler(seed)
+    if name == "kcenter":
+        return KCenterSampler(seed)
+    if name == "full":
+        return FullPoolSampler()
+    raise ValueError(f"unknown sampler {name!r}; known: {', '.join(SAMPLERS)}")

@@ -1,0 +1,119 @@
+"""The artifact store: one fsspec URL (a local folder by default, s3://bucket/prefix).
+
+Keys are '/'-separated paths under the root. Heavy arrays are .npy loaded with
+allow_pickle=False, metadata is JSON; nothing here ever unpickles.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import uuid
+from typing import Any
+
+import fsspec
+import numpy as np
+
+
+class StoreError(RuntimeError):
+    """The store cannot be reached or an object cannot be read/written; names the URL."""
+
+
+class Store:
+    def __init__(self, url: str, storage_options: dict[str, Any] | None = None) -> None:
+        self.url = url.rstrip("/")
+        try:
+            self.fs, self.root = fsspec.core.url_to_fs(self.url, **(storage_options or {}))
+        except (ImportError, ValueError) as err:
+            raise StoreError(f"store {url!r}: {err}") from None
+        self.root = self.root.rstrip("/")
+        self.is_local = "file" in (self.fs.protocol if isinstance(self.fs.protocol, tuple) else (self.fs.protocol,))
+
+    def __repr__(self) -> str:
+        return f"Store({self.url!r})"
+
+    def path(self, key: str) -> str:
+        if key.startswith("/") or ".." in key.split("/"):
+            raise ValueError(f"store key {key!r} must be relative and stay under the root")
+        return f"{self.root}/{key}" if key else self.root
+
+    def uri(self, key: str) -> str:
+        return f"{self.url}/{key}"
+
+    def check(self) -> None:
+        """Fail fast with a clear message when the store is unreachable or read-only."""
+        probe_key = f".ecos-check-{uuid.uuid4().hex}"
+        try:
+            self.fs.makedirs(self.root, exist_ok=True)
+            self.fs.pipe_file(self.path(probe_key), b"ok")
+            self.fs.rm_file(self.path(probe_key))
+        except Exception as err:  # any backend error means the same thing to the user
+            raise StoreError(f"store {self.url} is not reachable/writable: {type(err).__name__}: {err}") from None
+
+    def invalidate(self) -> None:
+        """Forget listings cached by the filesystem (needed when polling for uploads)."""
+        self.fs.invalidate_cache()
+
+    # ------------------------------------------------------------ bytes
+    def exists(self, key: str) -> bool:
+        return bool(self.fs.exists(self.path(key)))
+
+    def size(self, key: str) -> int:
+        return int(self.fs.size(self.path(key)))
+
+    def read_bytes(self, key: str, max_bytes: int | None = None) -> bytes:
+        path = self.path(key)
+        try:
+            if max_bytes is not None and (size := self.fs.size(path)) > max_bytes:
+                raise StoreError(f"{self.uri(key)}: {size} bytes, larger than the {max_bytes}-byte limit")
+            return self.fs.cat_file(path)
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{self.uri(key)}: no such object in the store") from None
+
+    def write_bytes(self, key: str, data: bytes, overwrite: bool = True) -> None:
+        """Write whole-object; with overwrite=False an existing object is kept and
+        FileExistsError raised. Local writes go to a temporary name first and are
+        renamed, so a reader never sees half an object."""
+        path = self.path(key)
+        if not overwrite and self.fs.exists(path):
+            raise FileExistsError(f"{self.uri(key)} already exists; not overwritten")
+        parent = path.rsplit("/", 1)[0]
+        if self.is_local:
+            self.fs.makedirs(parent, exist_ok=True)
+            tmp = f"{parent}/.tmp-{uuid.uuid4().hex}"
+            self.fs.pipe_file(tmp, data)
+            self.fs.mv(tmp, path)
+        else:
+            self.fs.pipe_file(path, data)  # an object PUT is atomic on S3
+
+    def list(self, prefix: str) -> list[str]:
+        """Keys directly under `prefix` (files only, sorted); [] when there are none."""
+        self.invalidate()
+        try:
+            entries = self.fs.ls(self.path(prefix), detail=True)
+        except FileNotFoundError:
+            return []
+        names = [e["name"].rstrip("/").rsplit("/", 1)[-1] for e in entries if e["type"] == "file"]
+        return sorted(f"{prefix}/{n}" for n in names if not n.startswith("."))
+
+    # ------------------------------------------------------------ typed
+    def write_json(self, key: str, obj: Any, overwrite: bool = True) -> None:
+        self.write_bytes(key, json.dumps(obj, indent=1, sort_keys=True, default=str).encode(), overwrite)
+
+    def read_json(self, key: str, max_bytes: int = 16 * 1024 * 1024) -> Any:
+        data = self.read_bytes(key, max_bytes)
+        try:
+            return json.loads(data)
+        except json.JSONDecodeError as err:
+            raise StoreError(f"{self.uri(key)}: not valid JSON ({err})") from None
+
+    def write_npy(self, key: str, array: np.ndarray, overwrite: bool = True) -> None:
+        buf = io.BytesIO()
+        np.save(buf, np.asarray(array), allow_pickle=False)
+        self.write_bytes(key, buf.getvalue(), overwrite)
+
+    def read_npy(self, key: str) -> np.ndarray:
+        try:
+            return np.load(io.BytesIO(self.read_bytes(key)), allow_pickle=False)
+        except ValueError as err:
+            raise StoreError(f"{self.uri(key)}: not a plain .npy array ({err})") from None

@@ -1,0 +1,159 @@
+"""Training the client's model on a proxy set with Lightning (CPU-friendly, accelerator="auto").
+
+The training code knows nothing of Prefect or the store: ImageSets in, model and
+figures out.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import warnings
+from dataclasses import dataclass
+
+import lightning as L
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from ecos_core.types import ImageSet
+
+warnings.filterwarnings("ignore", message=".*LeafSpec.*")  # harmless Lightning/torch 2.13 notice
+warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+for _name in ("lightning.pytorch.utilities.rank_zero", "lightning.pytorch.accelerators.cuda", "lightning.fabric"):
+    logging.getLogger(_name).setLevel(logging.WARNING)  # no "GPU available"/tips banners per fit
+
+
+class TrainConfig(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    max_epochs: int = Field(40, ge=1)
+    max_steps: int = Field(900, ge=1)  # caps large proxy sets (e.g. the full pool)
+    batch_size: int = Field(64, ge=1)
+    lr: float = Field(2e-3, gt=0)
+    weight_decay: float = Field(5e-4, ge=0)
+    max_shift: float = Field(0.1, ge=0, le=0.5)  # random translation, fraction of the side
+    num_classes: int = Field(10, ge=2)
+    width: int = Field(32, ge=4)
+    accelerator: str = "auto"
+    devices: int | str = "auto"
+    strategy: str = "auto"
+    progress_bar: bool = False
+
+
+class SmallCNN(nn.Module):
+    """Three conv-BN-ReLU-pool blocks (width w, 2w, 4w) for 28×28 RGB inputs.
+
+    One conv per block: on 2 CPU cores a second conv per block costs ~3× the time.
+    """
+
+    def __init__(self, num_classes: int = 10, width: int = 32) -> None:
+        super().__init__()
+
+        def block(cin: int, cout: int) -> nn.Sequential:
+            return nn.Sequential(
+                nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
+                nn.MaxPool2d(2),
+            )  # fmt: skip
+
+        self.features = nn.Sequential(block(3, width), block(width, 2 * width), block(2 * width, 4 * width))
+        self.head = nn.Sequential(
+            nn.Flatten(), nn.Dropout(0.3), nn.Linear(4 * width * 3 * 3, 128), nn.ReLU(inplace=True),
+            nn.Linear(128, num_classes),
+        )  # fmt: skip
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+def to_tensor(images: np.ndarray) -> torch.Tensor:
+    """uint8 NHWC → float NCHW in [-1, 1]."""
+    return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+
+
+def random_shift(x: torch.Tensor, max_shift: float) -> torch.Tensor:
+    """Per-sample random translation: cheap augmentation that small proxy sets need."""
+    if max_shift <= 0:
+        return x
+    n = x.shape[0]
+    theta = torch.zeros(n, 2, 3, device=x.device)
+    theta[:, 0, 0] = theta[:, 1, 1] = 1.0
+    theta[:, :, 2] = (torch.rand(n, 2, device=x.device) * 2 - 1) * 2 * max_shift
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, padding_mode="border", align_corners=False)
+
+
+class Classifier(L.LightningModule):
+    def __init__(self, cfg: TrainConfig, total_steps: int) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.total_steps = total_steps
+        self.net = SmallCNN(cfg.num_classes, cfg.width)
+        self.last_loss = float("nan")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], _: int) -> torch.Tensor:
+        x, y = batch
+        loss = F.cross_entropy(self(random_shift(x, self.cfg.max_shift)), y)
+        self.last_loss = float(loss.detach())
+        return loss
+
+    def configure_optimizers(self):  # noqa: ANN201 (Lightning's own union type)
+        opt = torch.optim.AdamW(self.parameters(), lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=self.cfg.lr, total_steps=self.total_steps)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    model: Classifier
+    epochs: int
+    steps: int
+    final_loss: float
+    seconds: float
+
+
+def train_classifier(train: ImageSet, cfg: TrainConfig = TrainConfig(), seed: int = 0) -> TrainResult:
+    """Fit the small CNN on `train` (images + labels); seeded and deterministic."""
+    if len(train) == 0:
+        raise ValueError("cannot train on an empty proxy set")
+    if train.labels.min() < 0 or train.labels.max() >= cfg.num_classes:
+        raise ValueError(f"labels must lie in 0..{cfg.num_classes - 1}, got {train.labels.min()}..{train.labels.max()}")
+    L.seed_everything(seed, workers=True, verbose=False)
+    data = TensorDataset(to_tensor(train.images), torch.from_numpy(train.labels.astype(np.int64)))
+    loader = DataLoader(
+        data, batch_size=cfg.batch_size, shuffle=True, drop_last=len(data) > cfg.batch_size,
+        generator=torch.Generator().manual_seed(seed),
+    )  # fmt: skip
+    steps = min(cfg.max_steps, cfg.max_epochs * len(loader))
+    model = Classifier(cfg, steps)
+    trainer = L.Trainer(
+        max_epochs=cfg.max_epochs, max_steps=steps, accelerator=cfg.accelerator, devices=cfg.devices,
+        strategy=cfg.strategy, deterministic=True, logger=False, enable_checkpointing=False,
+        enable_model_summary=False, enable_progress_bar=cfg.progress_bar,
+    )  # fmt: skip
+    start = time.perf_counter()
+    trainer.fit(model, loader)
+    return TrainResult(model, trainer.current_epoch, int(trainer.global_step), model.last_loss, time.perf_counter() - start)
+
+
+@torch.inference_mode()
+def predict(model: nn.Module, images: np.ndarray, batch_size: int = 512) -> np.ndarray:
+    model.eval()
+    device = next(model.parameters()).device
+    out = [
+        model(to_tensor(images[i : i + batch_size]).to(device)).argmax(1).cpu().numpy()
+        for i in range(0, len(images), batch_size)
+    ]
+    return np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
+
+
+def accuracy(model: nn.Module, test: ImageSet) -> float:
+    if len(test) == 0:
+        raise ValueError("cannot evaluate on an empty test set")
+    return float((predict(model, test.images) == test.labels).mean())

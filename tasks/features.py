@@ -1,0 +1,58 @@
+"""Cloud feature extraction, cached in the store by content (data + backbone + preprocessing)."""
+
+from __future__ import annotations
+
+import functools
+import time
+
+import numpy as np
+from prefect import get_run_logger, task
+
+from ecos_core import layout
+from ecos_core.backbone import BackboneSpec, load_backbone
+from ecos_core.config import DataConfig, IndexConfig
+from ecos_core.features import content_key, embed
+from tasks import catalog
+from tasks.common import STORAGE_RETRIES, progress_artifact
+
+
+def backbone_spec(index: IndexConfig) -> BackboneSpec:
+    """The feature space of this deployment: local weights (hash-checked) + preprocessing."""
+    _, default = load_backbone()
+    return BackboneSpec(weights_sha256=default.weights_sha256, preprocessing=index.preprocessing)
+
+
+@task(name="extract-features", **STORAGE_RETRIES)
+def extract_features(store_url: str, data: DataConfig, index: IndexConfig, seed: int) -> dict:
+    """Features of every domain's samples; a domain already in the store is skipped."""
+    log = get_run_logger()
+    store = catalog.store(store_url)
+    spec = backbone_spec(index)
+    model, _ = load_backbone(spec)
+    keys, hits, start = {}, [], time.perf_counter()
+    for name, part in catalog.domains(data, seed).items():
+        key = content_key(part.images, part.ids, spec.model_dump(mode="json"))
+        keys[name] = key
+        if store.exists(layout.features(key)):
+            hits.append(name)
+            continue
+        progress = progress_artifact(f"features-{name}", f"feature extraction, domain {name}")
+        store.write_npy(layout.features(key), embed(part.images, model, spec.preprocessing, index.batch_size,
+                                                    progress=progress, desc=f"features {name}"))  # fmt: skip
+    if hits:
+        log.info("feature cache hit for %d/%d domains (%s): extraction skipped", len(hits), len(keys), ", ".join(hits))
+    return {"keys": keys, "cache_hits": hits, "seconds": time.perf_counter() - start, "backbone": spec.model_dump(mode="json")}
+
+
+@functools.lru_cache(maxsize=8)
+def _domain_features(store_url: str, key: str) -> np.ndarray:
+    return catalog.store(store_url).read_npy(layout.features(key))
+
+
+def features_of(store_url: str, feature_keys: dict[str, str], data: DataConfig, seed: int, ids: np.ndarray) -> np.ndarray:
+    """Gather the stored features of the samples `ids` (any mix of domains)."""
+    parts = catalog.domains(data, seed)
+    names = list(parts)
+    table = np.concatenate([_domain_features(store_url, feature_keys[n]) for n in names])
+    universe_ids = np.concatenate([parts[n].ids for n in names])
+    return table[catalog.rows_of(ids, universe_ids)]

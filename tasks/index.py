@@ -1,0 +1,39 @@
+"""The pool index (faiss KMeans), cached in the store by content key."""
+
+from __future__ import annotations
+
+import time
+
+from prefect import get_run_logger, task
+
+from ecos_core import layout
+from ecos_core.config import DataConfig, IndexConfig
+from ecos_core.features import content_key
+from ecos_core.index import PoolIndex, build_index
+from tasks import catalog
+from tasks.common import STORAGE_RETRIES
+from tasks.features import features_of
+
+
+@task(name="build-index", **STORAGE_RETRIES)
+def build_pool_index(store_url: str, feature_keys: dict[str, str], data: DataConfig, index: IndexConfig, seed: int) -> dict:
+    store = catalog.store(store_url)
+    pool = catalog.split(data, seed)[2]
+    key = content_key(pool.ids, sorted(feature_keys.items()), index.k, index.niter, index.nredo, seed)
+    start = time.perf_counter()
+    if store.exists(layout.index_part(key, "meta.json")):
+        get_run_logger().info("index %s found in the store: KMeans skipped", key)
+        return store.read_json(layout.index_part(key, "meta.json"))
+    result = build_index(features_of(store_url, feature_keys, data, seed, pool.ids), index.k, seed, index.niter, index.nredo)
+    store.write_npy(layout.index_part(key, "centroids.npy"), result.centroids)
+    store.write_npy(layout.index_part(key, "assignments.npy"), result.assignments)
+    sizes = result.cluster_sizes()
+    meta = {"key": key, "k": result.k, "pool_size": len(pool), "seconds": time.perf_counter() - start,
+            "cluster_size_min": int(sizes.min()), "cluster_size_max": int(sizes.max())}  # fmt: skip
+    store.write_json(layout.index_part(key, "meta.json"), meta)  # written last: marks the index complete
+    return meta
+
+
+def load_index(store_url: str, key: str) -> PoolIndex:
+    store = catalog.store(store_url)
+    return PoolIndex(store.read_npy(layout.index_part(key, "centroids.npy")), store.read_npy(layout.index_part(key, "assignments.npy")))

@@ -1,0 +1,42 @@
+"""Pick one client's proxy set with one sampler and store the selected pool indices."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+from prefect import task
+
+from ecos_core import layout
+from ecos_core.config import RoundConfig
+from ecos_core.samplers import SamplingPool, make_sampler
+from tasks import catalog
+from tasks.common import STORAGE_RETRIES
+from tasks.features import features_of
+from tasks.index import load_index
+from ecos_core.index import l2_normalize
+
+
+@task(name="select-proxy-set", **STORAGE_RETRIES)
+def select_proxy_set(
+    store_url: str, cfg: RoundConfig, feature_keys: dict[str, str], index_key: str, round_id: str, client_id: str,
+    method: str, noisy_scores: list[float] | None = None, exact_counts: list[float] | None = None,
+) -> dict:  # fmt: skip
+    pool = catalog.split(cfg.data, cfg.seed)[2]
+    index = load_index(store_url, index_key)
+    view = SamplingPool(l2_normalize(features_of(store_url, feature_keys, cfg.data, cfg.seed, pool.ids)),
+                        index.assignments, index.centroids)  # fmt: skip
+    s = cfg.sampling
+    sampler = make_sampler(
+        method, seed=cfg.seed, sigma=cfg.sigma,
+        noisy_scores=None if noisy_scores is None else np.asarray(noisy_scores),
+        exact_counts=None if exact_counts is None else np.asarray(exact_counts),
+        **({"threshold_sigmas": s.threshold_sigmas, "threshold_share": s.threshold_share, "exhausted": s.exhausted}
+           if method in ("ecos", "oracle") else {}),
+    )  # fmt: skip
+    start = time.perf_counter()
+    picked = sampler.select(view, s.budget)
+    seconds = time.perf_counter() - start
+    key = layout.selection(round_id, client_id, method)
+    catalog.store(store_url).write_npy(key, pool.ids[picked])
+    return {"method": method, "key": key, "size": len(picked), "seconds": seconds, "unspent": max(0, s.budget - len(picked))}

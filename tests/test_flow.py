@@ -1,0 +1,98 @@
+"""The round flow end to end through Prefect (ephemeral mode) on a tiny built-in pool,
+with a real client process answering through the store."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+from ecos_core import layout
+from ecos_core.config import RoundConfig
+from ecos_core.protocol import response_json_bytes
+from ecos_core.store import Store
+
+TINY = RoundConfig.model_validate(
+    {
+        "data": {"max_per_domain": 200, "n_client_train": 80, "n_client_test": 80},
+        "index": {"k": 8, "niter": 10, "nredo": 1, "batch_size": 128},
+        "sampling": {"budget": 60},
+        "train": {"max_epochs": 2, "max_steps": 10, "batch_size": 32},
+        "deadline_s": 120,
+        "poll_s": 0.3,
+    }
+)
+
+
+@pytest.fixture(scope="module")
+def store_url(tmp_path_factory) -> str:
+    return str(tmp_path_factory.mktemp("store"))
+
+
+@pytest.fixture(scope="module")
+def first_round(store_url, tmp_path_factory):
+    from flows.round_flow import round_flow
+
+    return round_flow(TINY, store_url, "t-round-1", True, str(tmp_path_factory.mktemp("devices")))
+
+
+def test_round_runs_end_to_end(first_round, store_url):
+    results = pd.DataFrame(first_round["results"])
+    assert set(results["method"]) == {"ecos", "oracle", "random", "kcenter", "local"}
+    sampled = results[results["method"] != "local"]
+    assert (sampled["proxy_size"] == TINY.sampling.budget).all()
+    assert results["accuracy"].between(0, 1).all()
+    ecos = results.set_index("method").loc["ecos"]
+    assert ecos["epsilon"] == pytest.approx(0.584, abs=0.002)
+    assert 0 < ecos["bytes_up"] <= 4 * TINY.index.k + 1024
+    assert 0 < ecos["bytes_down"] <= 4 * TINY.index.k * 1280 + 4096
+    store = Store(store_url)
+    for name in ("report.md", "results.csv", "results.png", "manifest.json", "ledger.json"):
+        assert store.exists(layout.round_key("t-round-1", name)), name
+    ledger = store.read_json(layout.round_key("t-round-1", "ledger.json"))
+    assert list(ledger["accepted"]) == ["client-0"] and ledger["rejected"] == []
+    assert len(first_round["domains"]) == len(TINY.data.domains)
+
+
+def test_second_round_reuses_cached_features_and_index(first_round, store_url, tmp_path):
+    from flows.round_flow import round_flow
+
+    cfg = TINY.model_copy(update={"domain_report": False, "local_baseline": False})
+    out = round_flow(cfg, store_url, "t-round-2", True, str(tmp_path))
+    report = Store(store_url).read_bytes(layout.round_key("t-round-2", "report.md")).decode()
+    assert "Feature cache: hit for" in report
+    # same inputs, same seed: the same proxy sets
+    for method in ("ecos", "kcenter", "random"):
+        a = Store(store_url).read_npy(layout.selection("t-round-1", "client-0", method))
+        b = Store(store_url).read_npy(layout.selection("t-round-2", "client-0", method))
+        assert a.tolist() == b.tolist(), method
+    assert out["steps"]["features"] < 5
+
+
+def test_bad_uploads_are_ledgered_and_never_used(first_round, store_url, tmp_path):
+    """A forged and a malformed upload arrive before the real client: both refused with a
+    reason, the round goes on with the real answer."""
+    from flows.round_flow import round_flow
+
+    store = Store(store_url)
+    rid = "t-round-3"
+    store.write_bytes(layout.response(rid, "mallory"), response_json_bytes(rid, "mallory", [1.0] * TINY.index.k))
+    store.write_bytes(layout.response(rid, "client-x"), b'{"round_id": "t-round-3", "scores": "NaN"}')
+    cfg = TINY.model_copy(update={"domain_report": False, "local_baseline": False, "sampling": TINY.sampling.model_copy(update={"samplers": ("ecos",)})})
+    round_flow(cfg, store_url, rid, True, str(tmp_path))
+    ledger = store.read_json(layout.round_key(rid, "ledger.json"))
+    reasons = json.dumps(ledger["rejected"])
+    assert "unknown client 'mallory'" in reasons and "not a valid response" in reasons
+    assert list(ledger["accepted"]) == ["client-0"]
+
+
+def test_round_without_answers_fails_at_the_deadline(first_round, store_url, tmp_path):
+    from flows.round_flow import round_flow
+    from tasks.responses import QuorumNotMet
+
+    cfg = TINY.model_copy(update={"deadline_s": 1.5, "domain_report": False})
+    with pytest.raises(QuorumNotMet, match="0 of 1 clients answered"):
+        round_flow(cfg, store_url, "t-round-4", False, str(tmp_path))
+    ledger = Store(store_url).read_json(layout.round_key("t-round-4", "ledger.json"))
+    assert ledger["missing"] == ["client-0"]

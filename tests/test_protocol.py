@@ -1,0 +1,140 @@
+import io
+import json
+from datetime import datetime, timedelta, timezone
+
+import numpy as np
+import pytest
+
+from ecos_core.backbone import BackboneSpec
+from ecos_core.protocol import (
+    ProtocolError,
+    Response,
+    decode_probe,
+    decode_response,
+    encode_probe,
+    response_json_bytes,
+)
+
+K, D = 100, 1280
+
+
+def probe_bytes(centroids=None, round_id="r1"):
+    centroids = np.random.default_rng(0).normal(size=(K, D)).astype(np.float32) if centroids is None else centroids
+    deadline = datetime.now(timezone.utc) + timedelta(minutes=5)
+    return encode_probe(round_id, centroids, BackboneSpec(), 6.1, 1e-5, deadline)
+
+
+def npy(array) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, array, allow_pickle=False)
+    return buf.getvalue()
+
+
+def test_probe_round_trip_and_size_bound():
+    probe, pj, cn = probe_bytes()
+    got, centroids = decode_probe(pj, cn, "mem", "r1")
+    assert got == probe and centroids.shape == (K, D)
+    assert len(pj) + len(cn) <= 4 * K * D + 4096  # the issue's bound on bytes to the client
+
+
+def test_probe_wrong_round_is_refused():
+    _, pj, cn = probe_bytes()
+    with pytest.raises(ProtocolError, match="expected 'r2'"):
+        decode_probe(pj, cn, "mem", "r2")
+
+
+def replace_centroids(pj: bytes, array) -> tuple[bytes, bytes]:
+    """A probe whose hash matches altered centroids: only the shape/dtype checks can stop it."""
+    import hashlib
+
+    raw = npy(array)
+    meta = json.loads(pj)
+    meta["centroids_sha256"] = hashlib.sha256(raw).hexdigest()
+    return json.dumps(meta).encode(), raw
+
+
+@pytest.mark.parametrize(
+    "array, message",
+    [
+        (np.zeros((K, D), np.float64), "dtype float64"),
+        (np.zeros((K - 1, D), np.float32), "shape"),
+        (np.full((K, D), np.nan, np.float32), "NaN"),
+    ],
+)
+def test_probe_bad_centroids(array, message):
+    _, pj, _ = probe_bytes()
+    with pytest.raises(ProtocolError, match=message):
+        decode_probe(*replace_centroids(pj, array), "mem")
+
+
+def test_probe_tampered_centroids_fail_the_hash():
+    _, pj, cn = probe_bytes()
+    tampered = cn[:-4] + b"\x00\x00\x80\x7f"
+    with pytest.raises(ProtocolError, match="sha256"):
+        decode_probe(pj, tampered, "mem")
+
+
+def test_probe_pickled_array_refused():
+    _, pj, _ = probe_bytes()
+    buf = io.BytesIO()
+    np.save(buf, np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    with pytest.raises(ProtocolError):
+        decode_probe(*replace_centroids(pj, np.zeros(1)), "mem")  # wrong dtype/shape
+    import hashlib
+
+    meta = json.loads(pj)
+    meta["centroids_sha256"] = hashlib.sha256(buf.getvalue()).hexdigest()
+    with pytest.raises(ProtocolError, match="plain .npy"):
+        decode_probe(json.dumps(meta).encode(), buf.getvalue(), "mem")
+
+
+def test_probe_malformed_json_and_oversize():
+    _, _, cn = probe_bytes()
+    with pytest.raises(ProtocolError, match="mem/probe.json"):
+        decode_probe(b"{not json", cn, "mem")
+    with pytest.raises(ProtocolError, match="limit"):
+        decode_probe(b" " * 100_000, cn, "mem")
+
+
+def good_response(scores=None, round_id="r1", client="c1") -> bytes:
+    return response_json_bytes(round_id, client, np.arange(K, dtype=float) if scores is None else scores)
+
+
+def decode(data, **kw):
+    args = dict(expected_round="r1", expected_k=K, sigma=6.1, known_clients={"c1"}) | kw
+    return decode_response(data, "up/c1.json", **args)
+
+
+def test_response_round_trip_and_size_bound():
+    data = good_response()
+    resp = decode(data)
+    assert np.allclose(resp.scores(), np.arange(K))
+    assert len(data) <= 4 * K + 1024  # the issue's bound on bytes from the client
+
+
+@pytest.mark.parametrize(
+    "data, kw, message",
+    [
+        (good_response(round_id="r0"), {}, "round 'r0'"),
+        (good_response(client="c9"), {}, "unknown client"),
+        (good_response(np.ones(K - 1)), {}, "99 scores"),
+        (good_response(np.full(K, np.nan)), {}, "NaN"),
+        (good_response(np.full(K, np.inf)), {}, "NaN or inf"),
+        (good_response(np.full(K, -100.0)), {}, "below -8σ"),
+        (good_response(np.full(K, 1e6)), {}, "plausible"),
+        (b"\x00garbage", {}, "not a valid response"),
+        (b"{}" + b" " * 70_000, {}, "limit"),
+        (json.dumps({"schema_version": 1, "round_id": "r1", "client_id": "c1", "k": K, "scores_f32_b64": "!!"}).encode(),
+         {}, "base64"),
+        (json.dumps({"schema_version": 1, "round_id": "r1", "client_id": "c1", "k": K, "scores_f32_b64": "",
+                     "extra": "my data"}).encode(), {}, "extra"),
+    ],
+)
+def test_bad_responses_are_refused_with_a_reason(data, kw, message):
+    with pytest.raises(ProtocolError, match=message) as err:
+        decode(data, **kw)
+    assert "up/c1.json" in str(err.value)
+
+
+def test_response_carries_only_scores_and_ids():
+    assert set(Response.model_fields) == {"schema_version", "round_id", "client_id", "k", "scores_f32_b64"}

@@ -1,0 +1,65 @@
+import numpy as np
+import pytest
+
+from ecos_core.store import Store, StoreError
+
+
+@pytest.fixture(params=["local", "memory"])
+def store(request, tmp_path):
+    if request.param == "local":
+        return Store(str(tmp_path / "store"))
+    import uuid
+
+    return Store(f"memory://ecos-{uuid.uuid4().hex}")
+
+
+def test_round_trip_json_npy_bytes(store):
+    store.write_json("a/meta.json", {"x": 1})
+    store.write_npy("a/arr.npy", np.arange(5))
+    store.write_bytes("a/raw.bin", b"abc")
+    assert store.read_json("a/meta.json") == {"x": 1}
+    assert store.read_npy("a/arr.npy").tolist() == [0, 1, 2, 3, 4]
+    assert store.list("a") == ["a/arr.npy", "a/meta.json", "a/raw.bin"]
+    assert store.list("nothing/here") == []
+
+
+def test_no_overwrite_keeps_the_first_object(store):
+    store.write_bytes("r/resp.json", b"first", overwrite=False)
+    with pytest.raises(FileExistsError, match="not overwritten"):
+        store.write_bytes("r/resp.json", b"second", overwrite=False)
+    assert store.read_bytes("r/resp.json") == b"first"
+
+
+def test_missing_and_oversized_objects_name_the_key(store):
+    with pytest.raises(FileNotFoundError, match="no/such.json"):
+        store.read_bytes("no/such.json")
+    store.write_bytes("big.bin", b"x" * 100)
+    with pytest.raises(StoreError, match="big.bin.*limit"):
+        store.read_bytes("big.bin", max_bytes=10)
+
+
+def test_pickled_npy_is_refused(store):
+    import io
+
+    buf = io.BytesIO()
+    np.save(buf, np.array([object()], dtype=object), allow_pickle=True)
+    store.write_bytes("evil.npy", buf.getvalue())
+    with pytest.raises(StoreError, match="not a plain .npy"):
+        store.read_npy("evil.npy")
+
+
+def test_bad_json_and_keys(store):
+    store.write_bytes("bad.json", b"{oops")
+    with pytest.raises(StoreError, match="bad.json: not valid JSON"):
+        store.read_json("bad.json")
+    with pytest.raises(ValueError, match="relative"):
+        store.path("../escape")
+
+
+def test_unreachable_store_is_a_clear_error(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    with pytest.raises(StoreError, match="not reachable"):
+        Store(str(blocker / "store")).check()
+    with pytest.raises(StoreError):
+        Store("nosuchproto://bucket/x")
