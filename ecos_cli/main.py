@@ -4,11 +4,15 @@ client (`ecos client respond`) never loads Prefect."""
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Optional
 
 import typer
+
+# Before Prefect is imported anywhere: no telemetry from the embedded (serverless) mode.
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 app = typer.Typer(help="ECOS: train edge models on a proxy set picked from a public pool, without the client's data.",
                   no_args_is_help=True, add_completion=False)  # fmt: skip

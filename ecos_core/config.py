@@ -12,22 +12,45 @@ from ecos_core.samplers import SAMPLERS
 from ecos_core.train import TrainConfig
 
 
+# The default pool is "large and heterogeneous" the way open-source pools are: two
+# thirds off-task images (animal silhouettes, letters drawn like the synth digits),
+# the rest digits from four domains, the client's own domain a small part of it.
+DEFAULT_DOMAIN_SIZES = {"mnist": 3000, "optdigits": 1797, "mnistm": 4000, "synth": 3000, "animal": 10000, "letters": 10000}
+
+
 class DataConfig(BaseModel):
     """The pool and the client's private data: built-in domains, split with a seed."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    domains: tuple[str, ...] = BUILTIN_DOMAINS
+    domain_sizes: dict[str, int] = Field(default_factory=lambda: dict(DEFAULT_DOMAIN_SIZES))
     client_domain: str = "mnistm"
     regime: Literal["id+ood", "ood"] = "id+ood"
-    max_per_domain: int = Field(6000, ge=10)
     n_client_train: int = Field(1000, ge=1)
     n_client_test: int = Field(1000, ge=1)
 
+    @property
+    def domains(self) -> tuple[str, ...]:
+        return tuple(self.domain_sizes)
+
+    @field_validator("domain_sizes")
+    @classmethod
+    def _known_domains(cls, value: dict[str, int]) -> dict[str, int]:
+        unknown = [d for d in value if d not in BUILTIN_DOMAINS]
+        if unknown or not value:
+            raise ValueError(f"unknown domains {unknown}; built-in: {list(BUILTIN_DOMAINS)}")
+        if any(n < 10 for n in value.values()):
+            raise ValueError(f"every domain needs at least 10 samples, got {value}")
+        return value
+
     @model_validator(mode="after")
     def _client_in_domains(self) -> "DataConfig":
-        if self.client_domain not in self.domains:
-            raise ValueError(f"client_domain {self.client_domain!r} is not one of domains {list(self.domains)}")
+        if self.client_domain not in self.domain_sizes:
+            raise ValueError(f"client_domain {self.client_domain!r} is not one of {list(self.domain_sizes)}")
+        needed = self.n_client_train + self.n_client_test
+        if self.domain_sizes[self.client_domain] < needed:
+            raise ValueError(f"client domain {self.client_domain!r} has {self.domain_sizes[self.client_domain]} samples, "
+                             f"fewer than the client's {needed} (train + test)")  # fmt: skip
         return self
 
 

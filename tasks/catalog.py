@@ -13,7 +13,7 @@ import pandas as pd
 
 from ecos_core.config import DataConfig
 from ecos_core.settings import Settings
-from ecos_core.data.builtin import load_domains
+from ecos_core.data.builtin import load_domain
 from ecos_core.data.split import split_client_pool
 from ecos_core.store import Store
 from ecos_core.types import ImageSet
@@ -28,18 +28,28 @@ def settings() -> Settings:
     return Settings()
 
 
-@functools.lru_cache(maxsize=4)
 def domains(data: DataConfig, seed: int) -> dict[str, ImageSet]:
-    """Every domain of the universe, each capped at max_per_domain (seeded)."""
-    return load_domains(data.domains, settings().cache_dir, data.max_per_domain, seed)
+    """Every domain of the universe, each a seeded subset of its configured size."""
+    return _domains(data.model_dump_json(), seed)
 
 
-@functools.lru_cache(maxsize=4)
 def split(data: DataConfig, seed: int) -> tuple[ImageSet, ImageSet, ImageSet]:
     """(client_train, client_test, pool) for the built-in simulation."""
-    return split_client_pool(
-        domains(data, seed), data.client_domain, data.n_client_train, data.n_client_test, data.regime, seed
-    )
+    return _split(data.model_dump_json(), seed)
+
+
+# memoised on the config's JSON: DataConfig holds a dict, so it is not hashable itself
+@functools.lru_cache(maxsize=4)
+def _domains(data_json: str, seed: int) -> dict[str, ImageSet]:
+    data = DataConfig.model_validate_json(data_json)
+    return {name: load_domain(name, settings().cache_dir, size, seed) for name, size in data.domain_sizes.items()}
+
+
+@functools.lru_cache(maxsize=4)
+def _split(data_json: str, seed: int) -> tuple[ImageSet, ImageSet, ImageSet]:
+    data = DataConfig.model_validate_json(data_json)
+    parts = _domains(data_json, seed)
+    return split_client_pool(parts, data.client_domain, data.n_client_train, data.n_client_test, data.regime, seed)
 
 
 def rows_of(ids: np.ndarray, universe_ids: np.ndarray) -> np.ndarray:

@@ -31,7 +31,7 @@ from ecos_core.data import (
     split_client_pool,
     subsample,
 )
-from ecos_core.data import builtin
+from ecos_core.data import builtin, synth
 from ecos_core.types import ImageSet
 
 
@@ -225,7 +225,7 @@ def test_synth_renderer_is_balanced_deterministic_and_contrasty() -> None:
 
 
 def test_synth_fonts_draw_digits() -> None:
-    fonts = builtin._digit_fonts()
+    fonts = synth._digit_fonts()
     assert len(fonts) >= 10
     assert not any(Path(p).name.startswith(("cmsy", "cmex", "STIXSiz", "DejaVuSansDisplay")) for p, _ in fonts)
 

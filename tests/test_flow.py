@@ -15,7 +15,8 @@ from ecos_core.store import Store
 
 TINY = RoundConfig.model_validate(
     {
-        "data": {"max_per_domain": 200, "n_client_train": 80, "n_client_test": 80},
+        "data": {"domain_sizes": {"mnist": 200, "mnistm": 200, "synth": 200, "animal": 200}, "n_client_train": 80,
+                 "n_client_test": 80},
         "index": {"k": 8, "niter": 10, "nredo": 1, "batch_size": 128},
         "sampling": {"budget": 60},
         "train": {"max_epochs": 2, "max_steps": 10, "batch_size": 32},

@@ -77,7 +77,7 @@ def test_probe_tampered_centroids_fail_the_hash():
 def test_probe_pickled_array_refused():
     _, pj, _ = probe_bytes()
     buf = io.BytesIO()
-    np.save(buf, np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    np.save(buf, np.array([{"a": 1}], dtype=object))  # np.save pickles object arrays
     with pytest.raises(ProtocolError):
         decode_probe(*replace_centroids(pj, np.zeros(1)), "mem")  # wrong dtype/shape
     import hashlib

@@ -42,7 +42,7 @@ def test_pickled_npy_is_refused(store):
     import io
 
     buf = io.BytesIO()
-    np.save(buf, np.array([object()], dtype=object), allow_pickle=True)
+    np.save(buf, np.array([object()], dtype=object))  # np.save pickles object arrays
     store.write_bytes("evil.npy", buf.getvalue())
     with pytest.raises(StoreError, match="not a plain .npy"):
         store.read_npy("evil.npy")

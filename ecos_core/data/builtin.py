@@ -18,6 +18,9 @@ full domain, stable across runs):
                      kept as is. By inspection they follow the README's alphabetical list:
                      0 bear, 1 bird, 2 cat, 3 cow, 4 dog, 5 elephant, 6 giraffe, 7 horse,
                      8 sheep, 9 zebra (ANIMAL_CLASSES). They are NOT digits.
+  letters    10,000  Off-task distractor drawn exactly like `synth` (same fonts, colours,
+                     clutter) but with the letters ACEFHKMNPR (labels 0-9 = position):
+                     close to the synth digits in feature space, useless for a digit task.
 
 Data packages are located with importlib.util.find_spec and their files read directly:
 importing them would pull in tensorflow. Pickles go through the restricted unpickler.
@@ -37,13 +40,14 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFilter, ImageFont
+from PIL import Image
 
 from ecos_core.data.safe_pickle import safe_load_pickle
+from ecos_core.data.synth import render_letters, render_synth_digits
 from ecos_core.types import ImageSet
 
-BUILTIN_DOMAINS: tuple[str, ...] = ("mnist", "optdigits", "mnistm", "synth", "animal")
-DISTRACTOR_DOMAINS: tuple[str, ...] = ("animal",)
+BUILTIN_DOMAINS: tuple[str, ...] = ("mnist", "optdigits", "mnistm", "synth", "animal", "letters")
+DISTRACTOR_DOMAINS: tuple[str, ...] = ("animal", "letters")
 ANIMAL_CLASSES: tuple[str, ...] = (
     "bear", "bird", "cat", "cow", "dog", "elephant", "giraffe", "horse", "sheep", "zebra",
 )
@@ -66,31 +70,6 @@ MNISTM_PHOTOS: tuple[str, ...] = (
     "rocket.jpg",
 )
 
-# matplotlib's bundled fonts whose digit glyphs are ordinary lining digits (checked by
-# rendering). Symbol fonts (cmsy10, cmex10, STIXSiz*, STIXNonUni*), the empty
-# DejaVu*Display fonts, LastResort and cmmi10's old-style figures are excluded.
-SYNTH_FONTS: tuple[str, ...] = (
-    "DejaVuSans.ttf",
-    "DejaVuSans-Bold.ttf",
-    "DejaVuSans-Oblique.ttf",
-    "DejaVuSans-BoldOblique.ttf",
-    "DejaVuSansMono.ttf",
-    "DejaVuSansMono-Bold.ttf",
-    "DejaVuSansMono-Oblique.ttf",
-    "DejaVuSansMono-BoldOblique.ttf",
-    "DejaVuSerif.ttf",
-    "DejaVuSerif-Bold.ttf",
-    "DejaVuSerif-Italic.ttf",
-    "DejaVuSerif-BoldItalic.ttf",
-    "STIXGeneral.ttf",
-    "STIXGeneralBol.ttf",
-    "STIXGeneralItalic.ttf",
-    "STIXGeneralBolIta.ttf",
-    "cmr10.ttf",
-    "cmb10.ttf",
-    "cmss10.ttf",
-    "cmtt10.ttf",
-)
 
 
 # --------------------------------------------------------------------------- sources
@@ -197,106 +176,12 @@ def _build_animal() -> tuple[np.ndarray, np.ndarray]:
     return images[..., None].copy(), labels.astype(np.int64)
 
 
-# --------------------------------------------------------------------------- synth
-
-
-def _font_dir() -> Path:
-    return _package_dir("matplotlib", "matplotlib") / "mpl-data" / "fonts" / "ttf"
-
-
-@functools.lru_cache(maxsize=4096)
-def _font(path: str, size: int) -> ImageFont.FreeTypeFont:
-    return ImageFont.truetype(path, size)
-
-
-def _digit_fonts() -> list[tuple[str, float]]:
-    """Usable digit fonts as (path, digit height / font size).
-
-    Each font must draw ten non-empty, mutually different digit glyphs, which guards
-    against a matplotlib release swapping a font for a symbol-only one.
-    """
-    usable = []
-    for name in SYNTH_FONTS:
-        path = _font_dir() / name
-        if not path.is_file():
-            continue
-        font = _font(str(path), 40)
-        glyphs = []
-        for d in "0123456789":
-            canvas = Image.new("L", (64, 64), 0)
-            ImageDraw.Draw(canvas).text((8, 4), d, font=font, fill=255)
-            glyphs.append(np.asarray(canvas) > 127)
-        distinct = len({g.tobytes() for g in glyphs}) == 10
-        if distinct and all(g.sum() > 20 for g in glyphs):
-            top, bottom = font.getbbox("0123456789")[1::2]
-            usable.append((str(path), (bottom - top) / 40.0))
-    if not usable:
-        raise FileNotFoundError(f"{_font_dir()}: no usable digit fonts among {SYNTH_FONTS}")
-    return usable
-
-
-def _luma(rgb: np.ndarray) -> float:
-    return float(rgb @ np.array([0.299, 0.587, 0.114]))
-
-
-def _render_digit(rng: np.random.Generator, label: int, fonts: list[tuple[str, float]]) -> np.ndarray:
-    """One SVHN-like crop: the labelled digit fills most of the frame, neighbours peek in."""
-    hi = IMAGE_SIZE * 2  # draw at 2x and downsample for antialiased strokes
-    path, ratio = fonts[rng.integers(len(fonts))]
-    height = rng.uniform(0.62, 0.86) * hi  # glyph height as a share of the frame
-    font = _font(path, max(8, int(round(height / ratio))))
-
-    mask = Image.new("L", (hi, hi), 0)
-    draw = ImageDraw.Draw(mask)
-    cx = hi / 2 + rng.uniform(-0.06, 0.06) * hi
-    cy = hi / 2 + rng.uniform(-0.05, 0.05) * hi
-    left, top, right, bottom = font.getbbox(str(label))
-    x0, y0 = cx - (left + right) / 2, cy - (top + bottom) / 2
-    draw.text((x0, y0), str(label), font=font, fill=255)
-    # Partial neighbouring digits, as in house-number crops.
-    gap = rng.uniform(0.04, 0.16) * height
-    if rng.random() < 0.5:
-        d = str(rng.integers(10))
-        l2, _, r2, _ = font.getbbox(d)
-        draw.text((x0 + left - gap - r2, y0), d, font=font, fill=255)
-    if rng.random() < 0.5:
-        d = str(rng.integers(10))
-        l2, _, _, _ = font.getbbox(d)
-        draw.text((x0 + right + gap - l2, y0), d, font=font, fill=255)
-    mask = mask.rotate(rng.uniform(-12, 12), resample=Image.BILINEAR, center=(cx, cy))
-    alpha = np.asarray(mask.resize((IMAGE_SIZE, IMAGE_SIZE), Image.BOX), np.float32)[..., None] / 255.0
-
-    # Colours with a guaranteed luminance gap so the digit stays readable.
-    bg = rng.integers(0, 256, 3).astype(np.float32)
-    fg = rng.integers(0, 256, 3).astype(np.float32)
-    while abs(_luma(fg) - _luma(bg)) < 90:
-        fg = rng.integers(0, 256, 3).astype(np.float32)
-    # Gentle linear shading across the background.
-    theta = rng.uniform(0, 2 * np.pi)
-    grid = np.linspace(-1, 1, IMAGE_SIZE, dtype=np.float32)
-    ramp = np.cos(theta) * grid[None, :] + np.sin(theta) * grid[:, None]
-    background = bg + ramp[..., None] * rng.uniform(-25, 25, 3).astype(np.float32)
-    img = background * (1 - alpha) + fg * alpha
-
-    out = Image.fromarray(np.clip(img, 0, 255).astype(np.uint8))
-    out = out.filter(ImageFilter.GaussianBlur(rng.uniform(0.0, 0.7)))
-    noisy = np.asarray(out, np.float32) + rng.normal(0, rng.uniform(0, 6), (IMAGE_SIZE, IMAGE_SIZE, 3))
-    return np.clip(noisy, 0, 255).astype(np.uint8)
-
-
-def render_synth_digits(n: int, seed: int = _GEN_SEED + 3) -> tuple[np.ndarray, np.ndarray]:
-    """Render n SynthDigits-style samples (uint8 (n, 28, 28, 3), int64 labels), balanced labels."""
-    fonts = _digit_fonts()
-    rng = np.random.default_rng(seed)
-    labels = rng.permutation(np.arange(n) % 10).astype(np.int64)
-    images = np.empty((n, IMAGE_SIZE, IMAGE_SIZE, 3), np.uint8)
-    for i, label in enumerate(labels):
-        images[i] = _render_digit(rng, int(label), fonts)
-    return images, labels
-
-
 def _build_synth() -> tuple[np.ndarray, np.ndarray]:
     return render_synth_digits(SYNTH_SIZE)
+
+
+def _build_letters() -> tuple[np.ndarray, np.ndarray]:
+    return render_letters(SYNTH_SIZE)
 
 
 # --------------------------------------------------------------------------- cache
@@ -309,6 +194,7 @@ _SPECS: dict[str, tuple[int, int, Callable[[], tuple[np.ndarray, np.ndarray]]]] 
     "mnistm": (1, 70_000 - MNIST_SPLIT, _build_mnistm),
     "synth": (1, SYNTH_SIZE, _build_synth),
     "animal": (1, 10_000, _build_animal),
+    "letters": (1, SYNTH_SIZE, _build_letters),
 }
 
 
