@@ -30,7 +30,7 @@ for _name in ("lightning.pytorch.utilities.rank_zero", "lightning.pytorch.accele
 class TrainConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    max_epochs: int = Field(25, ge=1)
+    max_epochs: int = Field(20, ge=1)
     max_steps: int = Field(900, ge=1)  # caps large proxy sets (e.g. the full pool)
     batch_size: int = Field(64, ge=1)
     lr: float = Field(2e-3, gt=0)

@@ -117,8 +117,9 @@ def test_repository_never_calls_plain_pickle_load() -> None:
 
 
 def test_constants() -> None:
-    assert BUILTIN_DOMAINS == ("mnist", "optdigits", "mnistm", "synth", "animal")
-    assert DISTRACTOR_DOMAINS == ("animal",)
+    assert BUILTIN_DOMAINS == ("mnist", "optdigits", "mnistm", "synth", "animal", "letters")
+    assert DISTRACTOR_DOMAINS == ("animal", "letters")
+    assert set(DISTRACTOR_DOMAINS) <= set(BUILTIN_DOMAINS)
 
 
 def test_unknown_domain_lists_known_names(cache_dir: Path) -> None:

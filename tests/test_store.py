@@ -63,3 +63,14 @@ def test_unreachable_store_is_a_clear_error(tmp_path):
         Store(str(blocker / "store")).check()
     with pytest.raises(StoreError):
         Store("nosuchproto://bucket/x")
+
+
+def test_unreachable_s3_endpoint_fails_fast_with_the_url():
+    import time
+
+    opts = {"key": "k", "secret": "s", "client_kwargs": {"endpoint_url": "http://127.0.0.1:9"},
+            "config_kwargs": {"retries": {"max_attempts": 1}, "connect_timeout": 2}}  # fmt: skip
+    start = time.monotonic()
+    with pytest.raises(StoreError, match="s3://ecos-bucket/x is not reachable"):
+        Store("s3://ecos-bucket/x", opts).check()
+    assert time.monotonic() - start < 30
