@@ -23,6 +23,11 @@ data_app = typer.Typer(help="The built-in multi-domain digits pool and user data
 app.add_typer(client_app, name="client")
 app.add_typer(privacy_app, name="privacy")
 app.add_typer(data_app, name="data")
+clients_app = typer.Typer(help="Cloud side: enroll devices (a per-client signing key and privacy budget).", no_args_is_help=True)
+app.add_typer(clients_app, name="clients")
+from ecos_cli.infra import infra_app  # noqa: E402 (light: imports infra lazily)
+
+app.add_typer(infra_app, name="infra")
 
 StoreOpt = typer.Option(None, "--store", help="Artifact store URL (folder or s3://bucket/prefix). Default: $ECOS_STORE or ./ecos-store.")
 
@@ -104,27 +109,30 @@ def index(
 
 @client_app.command("respond")
 def client_respond(
-    round_id: str = typer.Option(..., "--round", help="The round to answer."),
-    client_id: str = typer.Option(..., help="This device's client id."),
+    invite: str = typer.Option(..., help="The round's invitation (a file, or a URL) delivered to this device."),
+    enrollment: Path = typer.Option(..., help="This device's enrollment file (client id + key), from `ecos clients enroll`."),
     data: str = typer.Option(..., help="Local data: an image folder, a manifest (.csv/.parquet), an ImageSet .npz, or builtin:<domain>."),
-    store: Optional[str] = StoreOpt,
-    wait: float = typer.Option(600.0, help="Seconds to wait for the probe to appear."),
+    ledger: Path = typer.Option(Path("ecos-privacy-ledger.json"), help="This device's privacy ledger (ε spent so far)."),
     seed: Optional[int] = typer.Option(None, help="Noise seed (simulations only; default: fresh OS entropy)."),
     weights: Optional[str] = typer.Option(None, help="Local backbone weights file (default: the packaged MobileNetV2)."),
     progress: bool = typer.Option(True, help="Show a progress bar."),
 ) -> None:
-    """Fetch the round's probe, verify it, compute the noisy coverage scores on local data
-    and upload them. Only K noisy scalars and the ids leave the device."""
-    from ecos_core.client import answer_probe, fetch_probe, upload_response
-    from ecos_core.store import Store
+    """Answer one round: verify the probe, compute the noisy coverage scores on local data,
+    sign and upload them. Only K noisy scalars and the ids leave the device; it needs no
+    storage credentials (the invitation's URLs are pre-signed) and no Prefect."""
+    from ecos_core import transport
+    from ecos_core.auth import read_enrollment
+    from ecos_core.client import respond
+    from ecos_core.ledger import PrivacyLedger
+    from ecos_core.protocol import decode_invitation
 
-    st = Store(_store_url(store))
-    probe, centroids, down = fetch_probe(st, round_id, wait_s=wait)
+    url = invite if "://" in invite else "file://" + str(Path(invite).resolve())
+    invitation = decode_invitation(transport.fetch(url, 1 << 16), invite)
     images = _load_local(data).images
-    answer = answer_probe(probe, centroids, images, client_id, seed=seed, weights_path=weights, show_bar=progress)
-    uri = upload_response(st, round_id, client_id, answer.wire)
-    typer.echo(f"{client_id}: answered round {round_id} from {answer.n_samples} local samples in {answer.seconds:.1f} s; "
-               f"downloaded {down} B, uploaded {len(answer.wire)} B to {uri}; ε={answer.epsilon:.3f} at δ={probe.delta:g}")  # fmt: skip
+    answer = respond(invitation, read_enrollment(enrollment), images, PrivacyLedger(ledger), seed, weights, progress)
+    typer.echo(f"{invitation.client_id}: answered round {invitation.round_id} from {answer.n_samples} local samples "
+               f"in {answer.seconds:.1f} s; uploaded {len(answer.wire)} B; this device has now spent "
+               f"ε={answer.epsilon:.3f} (δ=1e-5)")  # fmt: skip
 
 
 def _load_local(spec: str):  # noqa: ANN202
@@ -135,6 +143,32 @@ def _load_local(spec: str):  # noqa: ANN202
     from ecos_core.data.user import load_dataset
 
     return load_dataset(spec)
+
+
+@clients_app.command("enroll")
+def clients_enroll(
+    client_id: str = typer.Argument(..., help="The device's client id."),
+    out: Path = typer.Option(..., help="Where to write the device's enrollment file (hand it to the device securely)."),
+    budget: float = typer.Option(3.0, help="The device's lifetime ε budget at δ=1e-5."),
+    rotate: bool = typer.Option(False, help="Issue a new key for an already enrolled client."),
+    store: Optional[str] = StoreOpt,
+) -> None:
+    """Register a client: its key goes to the cloud registry and to the device's file (mode 600)."""
+    from ecos_core.auth import enroll, save_enrollment
+    from tasks.catalog import store as open_store
+
+    save_enrollment(enroll(open_store(_store_url(store)), client_id, budget, rotate), out)
+    typer.echo(f"enrolled {client_id} (ε budget {budget}); device file: {out}")
+
+
+@clients_app.command("list")
+def clients_list(store: Optional[str] = StoreOpt) -> None:
+    """The enrolled clients."""
+    from ecos_core.auth import enrolled_clients
+    from tasks.catalog import store as open_store
+
+    for client_id in enrolled_clients(open_store(_store_url(store))):
+        typer.echo(client_id)
 
 
 @privacy_app.command("epsilon")
@@ -186,6 +220,6 @@ def data_check(spec: str = typer.Argument(..., help="An image folder, a manifest
 def main() -> None:
     try:
         app()
-    except (ValueError, FileNotFoundError, TimeoutError) as err:  # user errors: one clear line, no traceback
+    except (ValueError, FileNotFoundError, TimeoutError, RuntimeError) as err:  # user errors: one clear line, no traceback
         typer.echo(f"error: {err}", err=True)
         sys.exit(2)

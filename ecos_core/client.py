@@ -7,23 +7,33 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from datetime import datetime, timezone
 
 import numpy as np
 
-from ecos_core import layout
+from ecos_core import transport
+from ecos_core.auth import Enrollment, signed_response_bytes, verify
 from ecos_core.backbone import load_backbone
 from ecos_core.coverage import noisy_coverage_scores
 from ecos_core.features import embed
 from ecos_core.privacy import gaussian_epsilon
-from ecos_core.protocol import Probe, ProtocolError, decode_probe, response_json_bytes
-from ecos_core.store import Store
+from ecos_core.ledger import PrivacyLedger
+from ecos_core.protocol import (
+    MAX_CENTROID_BYTES,
+    MAX_PROBE_JSON_BYTES,
+    Invitation,
+    Probe,
+    ProtocolError,
+    decode_probe,
+    response_json_bytes,
+)
 
 
 @dataclass(frozen=True)
 class ClientAnswer:
     wire: bytes  # the response exactly as uploaded
     n_samples: int
-    epsilon: float
+    epsilon: float  # of this response (answer_probe) or of all the device's responses (respond)
     seconds: float
 
 
@@ -50,27 +60,31 @@ def answer_probe(
     return ClientAnswer(wire, len(images), eps, time.perf_counter() - start)
 
 
-def fetch_probe(store: Store, round_id: str, wait_s: float = 0.0, poll_s: float = 1.0) -> tuple[Probe, np.ndarray, int]:
-    """Wait up to `wait_s` for the round's probe, verify it, return it with its size in bytes."""
-    deadline = time.monotonic() + wait_s
-    json_key, npy_key = layout.probe_json(round_id), layout.probe_centroids(round_id)
-    while True:
-        store.invalidate()
-        if store.exists(json_key) and store.exists(npy_key):
-            break
-        if time.monotonic() >= deadline:
-            raise TimeoutError(f"no probe for round {round_id!r} at {store.uri(json_key)} after {wait_s:.0f} s")
-        time.sleep(poll_s)
-    probe_json, npy = store.read_bytes(json_key, 1 << 20), store.read_bytes(npy_key, 1 << 26)
-    probe, centroids = decode_probe(probe_json, npy, store.uri(layout.round_key(round_id, "probe")), round_id)
-    return probe, centroids, len(probe_json) + len(npy)
-
-
-def upload_response(store: Store, round_id: str, client_id: str, wire: bytes) -> str:
-    """Upload once: an existing response is never overwritten (a second answer is refused)."""
-    key = layout.response(round_id, client_id)
-    try:
-        store.write_bytes(key, wire, overwrite=False)
-    except FileExistsError:
-        raise ProtocolError(f"{store.uri(key)}: client {client_id!r} already answered round {round_id!r}") from None
-    return store.uri(key)
+def respond(
+    invitation: Invitation,
+    enrollment: Enrollment,
+    images: np.ndarray,
+    ledger: PrivacyLedger,
+    seed: int | None = None,
+    weights_path: str | None = None,
+    show_bar: bool = True,
+) -> ClientAnswer:
+    """Answer one invitation: verify the probe (MAC with the enrollment key, centroids
+    hash, backbone hash), refuse if the privacy budget would be exceeded, compute the
+    noisy scores, sign them, and upload them to the invitation's own URL."""
+    source = f"round {invitation.round_id} probe"
+    if invitation.client_id != enrollment.client_id:
+        raise ProtocolError(f"invitation is for {invitation.client_id!r}, this device is {enrollment.client_id!r}")
+    if datetime.now(timezone.utc) > invitation.deadline:
+        raise ProtocolError(f"round {invitation.round_id}: the deadline {invitation.deadline.isoformat()} has passed")
+    probe_json = transport.fetch(invitation.probe_url, MAX_PROBE_JSON_BYTES)
+    if not verify(enrollment.key_b64, probe_json, invitation.probe_hmac_sha256):
+        raise ProtocolError(f"{source}: its MAC does not verify with this device's key (forged or altered)")
+    npy = transport.fetch(invitation.centroids_url, MAX_CENTROID_BYTES)
+    probe, centroids = decode_probe(probe_json, npy, source, expected_round=invitation.round_id)
+    ledger.check(probe.round_id, probe.sigma, probe.delta, enrollment.epsilon_budget)
+    answer = answer_probe(probe, centroids, images, enrollment.client_id, seed, weights_path, show_bar)
+    signed = signed_response_bytes(answer.wire, enrollment.key_b64)
+    ledger.record(probe.round_id, probe.sigma, probe.delta)  # before the upload: a lost upload still counts
+    transport.put(invitation.response_url, signed)
+    return ClientAnswer(signed, answer.n_samples, ledger.spent(probe.delta), answer.seconds)

@@ -41,3 +41,11 @@ def selection(round_id: str, client_id: str, method: str) -> str:
 
 def cache(kind: str, key: str) -> str:
     return f"cache/{kind}/{key}.json"
+
+
+def invitation(round_id: str, client_id: str) -> str:
+    return round_key(round_id, f"invites/{client_id}.json")
+
+
+def accepted(round_id: str, client_id: str) -> str:
+    return round_key(round_id, f"accepted/{client_id}.json")

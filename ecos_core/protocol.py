@@ -173,3 +173,29 @@ def decode_response(
 
 def response_json_bytes(round_id: str, client_id: str, scores: np.ndarray) -> bytes:
     return encode_response(Response.from_scores(round_id, client_id, scores))
+
+
+class Invitation(BaseModel):
+    """What one client needs to answer one round, delivered to the device out of band.
+
+    The URLs are pre-signed (GET the probe, PUT this client's own response) and expire
+    at the deadline, so the device holds no storage credentials; the probe's MAC, made
+    with the client's enrollment key, proves the probe came from the cloud.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    schema_version: int = Field(SCHEMA_VERSION, ge=SCHEMA_VERSION, le=SCHEMA_VERSION)
+    round_id: str = Field(pattern=ID_PATTERN)
+    client_id: str = Field(pattern=ID_PATTERN)
+    probe_url: str
+    centroids_url: str
+    response_url: str
+    probe_hmac_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    deadline: AwareDatetime
+
+
+def decode_invitation(data: bytes, source: str) -> Invitation:
+    invitation = _parse(Invitation, data, source, MAX_PROBE_JSON_BYTES)
+    assert isinstance(invitation, Invitation)
+    return invitation

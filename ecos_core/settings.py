@@ -17,3 +17,18 @@ class Settings(BaseSettings):
     store: str = "./ecos-store"  # fsspec URL: a folder, or s3://bucket/prefix
     cache_dir: str | None = None  # built-in domains cache (default ~/.cache/ecos)
     device_dir: str = "./ecos-devices"  # simulated clients' private data ("on the device")
+    s3_endpoint: str | None = None  # e.g. http://127.0.0.1:9000 (rclone serve s3); None: AWS
+    s3_key: str | None = None
+    s3_secret: str | None = None
+
+    def storage_options(self, url: str) -> dict:
+        """fsspec options for `url`: S3 credentials and endpoint, nothing for other stores."""
+        if not url.startswith("s3://"):
+            return {}
+        options: dict = {"config_kwargs": {"s3": {"addressing_style": "path"}, "signature_version": "s3v4",
+                                           "retries": {"max_attempts": 3}, "connect_timeout": 5}}  # fmt: skip
+        if self.s3_key:
+            options.update(key=self.s3_key, secret=self.s3_secret)
+        if self.s3_endpoint:
+            options["client_kwargs"] = {"endpoint_url": self.s3_endpoint, "region_name": "us-east-1"}
+        return options

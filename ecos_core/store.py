@@ -22,6 +22,7 @@ class StoreError(RuntimeError):
 class Store:
     def __init__(self, url: str, storage_options: dict[str, Any] | None = None) -> None:
         self.url = url.rstrip("/")
+        self.options = dict(storage_options or {})
         try:
             self.fs, self.root = fsspec.core.url_to_fs(self.url, **(storage_options or {}))
         except (ImportError, ValueError) as err:
@@ -49,6 +50,28 @@ class Store:
             self.fs.rm_file(self.path(probe_key))
         except Exception as err:  # any backend error means the same thing to the user
             raise StoreError(f"store {self.url} is not reachable/writable: {type(err).__name__}: {err}") from None
+
+    def presign(self, key: str, method: str, expires_s: int) -> str:
+        """A URL that lets its holder GET or PUT exactly this object until it expires,
+        without credentials: how devices fetch their probe and upload their own response
+        (the signature covers the key, so they cannot write anywhere else). A local
+        store returns a file:// URL instead (same machine, no signature possible)."""
+        if self.is_local:
+            return "file://" + self.path(key)
+        if not self.url.startswith("s3://"):
+            raise StoreError(f"store {self.url}: pre-signed URLs need a local or s3:// store")
+        import botocore.session
+        from botocore.config import Config
+
+        client_kwargs = self.options.get("client_kwargs", {})
+        client = botocore.session.get_session().create_client(
+            "s3", endpoint_url=client_kwargs.get("endpoint_url"), region_name=client_kwargs.get("region_name", "us-east-1"),
+            aws_access_key_id=self.options.get("key"), aws_secret_access_key=self.options.get("secret"),
+            config=Config(signature_version="s3v4", s3={"addressing_style": "path"}),
+        )  # fmt: skip
+        bucket, _, object_key = self.path(key).partition("/")
+        operation = {"get": "get_object", "put": "put_object"}[method]
+        return client.generate_presigned_url(operation, Params={"Bucket": bucket, "Key": object_key}, ExpiresIn=expires_s)
 
     def invalidate(self) -> None:
         """Forget listings cached by the filesystem (needed when polling for uploads)."""

@@ -18,7 +18,7 @@ from tasks.probe import publish_probe
 from tasks.report import write_report
 from tasks.responses import collect_responses
 from tasks.sampling import select_proxy_set
-from tasks.simulation import launch_simulated_clients, oracle_counts
+from tasks.simulation import enroll_simulated_clients, launch_simulated_clients, oracle_counts
 from tasks.training import domain_local_accuracy, train_local, train_on_selection
 
 
@@ -41,7 +41,10 @@ def round_flow(
     watch.add("features", indexed["features"]["seconds"])
     watch.lap("index", minus=indexed["features"]["seconds"])
 
-    probe = publish_probe(store_url, round_id, index_key, indexed["features"]["backbone"], cfg.sigma, cfg.delta, cfg.deadline_s)
+    if simulate_clients:
+        enroll_simulated_clients(store_url, list(cfg.clients), device_dir)
+    probe = publish_probe(store_url, round_id, index_key, indexed["features"]["backbone"], cfg.sigma, cfg.delta,
+                          cfg.deadline_s, list(cfg.clients))  # fmt: skip
     if simulate_clients:
         launch_simulated_clients(store_url, cfg, round_id, device_dir)
     watch.lap("probe")

@@ -21,7 +21,7 @@ from ecos_core.types import ImageSet
 
 @functools.cache
 def store(url: str) -> Store:
-    return Store(url)
+    return Store(url, settings().storage_options(url))
 
 
 def settings() -> Settings:

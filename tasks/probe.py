@@ -1,27 +1,50 @@
-"""Publish the round's probe (centroids + feature-space identity + σ + deadline)."""
+"""Publish the round's probe (centroids + feature-space identity + σ + deadline) and one
+invitation per client (pre-signed URLs + the probe's MAC under that client's key)."""
 
 from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
 
-from prefect import task
+from prefect import get_run_logger, task
 
 from ecos_core import layout
+from ecos_core.auth import load_enrollment, probe_mac
 from ecos_core.backbone import BackboneSpec
-from ecos_core.protocol import encode_probe
+from ecos_core.protocol import Invitation, decode_probe, encode_probe
 from tasks import catalog
 from tasks.common import STORAGE_RETRIES
 from tasks.index import load_index
 
 
 @task(name="publish-probe", **STORAGE_RETRIES)
-def publish_probe(store_url: str, round_id: str, index_key: str, backbone: dict, sigma: float, delta: float, deadline_s: float) -> dict:
+def publish_probe(
+    store_url: str, round_id: str, index_key: str, backbone: dict, sigma: float, delta: float, deadline_s: float,
+    clients: list[str],
+) -> dict:  # fmt: skip
+    """Idempotent: a re-run of the round (after a suspend or a crash) finds its probe and
+    publishes nothing new, so the deadline and the clients' invitations stay valid."""
     store = catalog.store(store_url)
-    deadline = datetime.now(timezone.utc) + timedelta(seconds=deadline_s)
-    centroids = load_index(store_url, index_key).centroids
-    probe, probe_json, npy = encode_probe(round_id, centroids, BackboneSpec(**backbone), sigma, delta, deadline)
-    # centroids first, probe.json last: a client that sees probe.json finds a complete probe
-    store.write_bytes(layout.probe_centroids(round_id), npy, overwrite=False)
-    store.write_bytes(layout.probe_json(round_id), probe_json, overwrite=False)
+    json_key, npy_key = layout.probe_json(round_id), layout.probe_centroids(round_id)
+    if store.exists(json_key):
+        probe_json, npy = store.read_bytes(json_key), store.read_bytes(npy_key)
+        probe, _ = decode_probe(probe_json, npy, store.uri(json_key), round_id)
+        get_run_logger().info("probe of round %s already published: reused", round_id)
+    else:
+        deadline = datetime.now(timezone.utc) + timedelta(seconds=deadline_s)
+        centroids = load_index(store_url, index_key).centroids
+        probe, probe_json, npy = encode_probe(round_id, centroids, BackboneSpec(**backbone), sigma, delta, deadline)
+        keys = {c: load_enrollment(store, c).key_b64 for c in clients}  # fails before anything is written
+        # centroids first, probe.json last: whoever sees probe.json finds a complete probe
+        store.write_bytes(npy_key, npy, overwrite=False)
+        store.write_bytes(json_key, probe_json, overwrite=False)
+        expires = max(1, int((probe.deadline - datetime.now(timezone.utc)).total_seconds()))
+        for client_id, key in keys.items():
+            invitation = Invitation(
+                round_id=round_id, client_id=client_id, deadline=probe.deadline,
+                probe_url=store.presign(json_key, "get", expires), centroids_url=store.presign(npy_key, "get", expires),
+                response_url=store.presign(layout.response(round_id, client_id), "put", expires),
+                probe_hmac_sha256=probe_mac(key, probe_json),
+            )  # fmt: skip
+            store.write_bytes(layout.invitation(round_id, client_id), invitation.model_dump_json(indent=1).encode())
     return {"round_id": round_id, "k": probe.k, "dim": probe.dim, "bytes": len(probe_json) + len(npy),
-            "deadline": deadline.isoformat(), "uri": store.uri(layout.probe_json(round_id))}  # fmt: skip
+            "deadline": probe.deadline.isoformat(), "uri": store.uri(json_key)}  # fmt: skip

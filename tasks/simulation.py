@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 from prefect import task
 
+from ecos_core import layout
+from ecos_core.auth import enroll, enrolled_clients, save_enrollment
 from ecos_core.config import RoundConfig
 from ecos_core.coverage import coverage_counts
 from ecos_core.data.npz import save_imageset
@@ -30,16 +32,35 @@ def client_shard(cfg: RoundConfig, client_id: str) -> ImageSet:
     return train.subset(shards[cfg.clients.index(client_id)])
 
 
+SIMULATED_BUDGET = 50.0  # ε budget of a simulated device: many demo rounds before it refuses
+
+
+@task(name="enroll-simulated-clients")
+def enroll_simulated_clients(store_url: str, clients: list[str], device_dir: str) -> None:
+    """Enrollment as a device would get it: the key in the cloud registry and on the device."""
+    store = catalog.store(store_url)
+    enrolled = set(enrolled_clients(store))
+    for client_id in clients:
+        device = Path(device_dir) / client_id / "enrollment.json"
+        if client_id not in enrolled or not device.exists():
+            save_enrollment(enroll(store, client_id, SIMULATED_BUDGET, rotate=True), device)
+
+
 @task(name="launch-simulated-clients")
 def launch_simulated_clients(store_url: str, cfg: RoundConfig, round_id: str, device_dir: str) -> list[int]:
+    """Deliver each invitation to its device folder and start the real edge client there."""
+    store = catalog.store(store_url)
     pids = []
     for i, client_id in enumerate(cfg.clients):
-        home = Path(device_dir) / round_id / client_id
-        save_imageset(client_shard(cfg, client_id), home / "data.npz")
-        cmd = [sys.executable, "-m", "ecos_cli", "client", "respond", "--store", store_url, "--round", round_id,
-               "--client-id", client_id, "--data", str(home / "data.npz"), "--wait", str(cfg.deadline_s),
-               "--seed", str(cfg.seed * 1000 + i), "--no-progress"]  # fmt: skip
-        with open(home / "client.log", "wb") as log:
+        home = Path(device_dir) / client_id
+        rounds = home / "rounds" / round_id
+        rounds.mkdir(parents=True, exist_ok=True)
+        (rounds / "invitation.json").write_bytes(store.read_bytes(layout.invitation(round_id, client_id)))
+        save_imageset(client_shard(cfg, client_id), rounds / "data.npz")
+        cmd = [sys.executable, "-m", "ecos_cli", "client", "respond", "--invite", str(rounds / "invitation.json"),
+               "--enrollment", str(home / "enrollment.json"), "--ledger", str(home / "ledger.json"),
+               "--data", str(rounds / "data.npz"), "--seed", str(cfg.seed * 1000 + i), "--no-progress"]  # fmt: skip
+        with open(rounds / "client.log", "wb") as log:
             pids.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT).pid)
     return pids
 

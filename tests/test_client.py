@@ -1,4 +1,4 @@
-"""The edge client against a local store: fetch + verify probe, answer, upload once."""
+"""The edge client: verify the invitation's probe, answer, sign, upload once, keep a ledger."""
 
 import subprocess
 import sys
@@ -8,57 +8,97 @@ import numpy as np
 import pytest
 
 from ecos_core import layout
+from ecos_core.auth import enroll, open_signed_response, probe_mac, save_enrollment
 from ecos_core.backbone import BackboneSpec
-from ecos_core.client import answer_probe, fetch_probe, upload_response
+from ecos_core.client import respond
 from ecos_core.data.npz import save_imageset
-from ecos_core.protocol import ProtocolError, decode_response, encode_probe
+from ecos_core.ledger import DuplicateRound, PrivacyBudgetExceeded, PrivacyLedger
+from ecos_core.protocol import Invitation, ProtocolError, decode_response, encode_probe
 from ecos_core.store import Store
+from ecos_core.transport import TransportError
 from tests.conftest import make_imageset
 
 K = 8
 
 
-def publish(store: Store, round_id: str = "r1", spec: BackboneSpec | None = None) -> None:
+def publish(store: Store, enrollment, round_id="r1", spec=None, deadline_s=300.0, mac_key=None) -> Invitation:
     centroids = np.random.default_rng(0).normal(size=(K, 1280)).astype(np.float32)
-    deadline = datetime.now(timezone.utc) + timedelta(minutes=5)
+    deadline = datetime.now(timezone.utc) + timedelta(seconds=deadline_s)
     _, pj, npy = encode_probe(round_id, centroids, spec or BackboneSpec(), 6.1, 1e-5, deadline)
     store.write_bytes(layout.probe_centroids(round_id), npy)
     store.write_bytes(layout.probe_json(round_id), pj)
+    return Invitation(
+        round_id=round_id, client_id=enrollment.client_id, deadline=deadline,
+        probe_url=store.presign(layout.probe_json(round_id), "get", 60),
+        centroids_url=store.presign(layout.probe_centroids(round_id), "get", 60),
+        response_url=store.presign(layout.response(round_id, enrollment.client_id), "put", 60),
+        probe_hmac_sha256=probe_mac(mac_key or enrollment.key_b64, pj),
+    )  # fmt: skip
 
 
-def test_answer_is_k_noisy_scores_and_uploads_once(tmp_path):
-    store = Store(str(tmp_path))
-    publish(store)
-    probe, centroids, down = fetch_probe(store, "r1")
+@pytest.fixture
+def setup(tmp_path):
+    store = Store(str(tmp_path / "store"))
+    enrollment = enroll(store, "c1")
+    return store, enrollment, PrivacyLedger(tmp_path / "device" / "ledger.json")
+
+
+def test_answer_is_k_signed_noisy_scores_uploaded_once(setup):
+    store, enrollment, ledger = setup
+    invitation = publish(store, enrollment)
     data = make_imageset(40)
-    answer = answer_probe(probe, centroids, data.images, "c1", seed=0, show_bar=False)
-    resp = decode_response(answer.wire, "t", expected_round="r1", expected_k=K, sigma=6.1, known_clients={"c1"})
+    answer = respond(invitation, enrollment, data.images, ledger, seed=0, show_bar=False)
+    uploaded = store.read_bytes(layout.response("r1", "c1"))
+    assert uploaded == answer.wire and len(uploaded) <= 4 * K + 1024
+    inner = open_signed_response(uploaded, "t", {"c1": enrollment.key_b64}.get)
+    resp = decode_response(inner, "t", expected_round="r1", expected_k=K, sigma=6.1, known_clients={"c1"})
     assert resp.scores().shape == (K,)
     assert abs(resp.scores().sum() - 40) < 6.1 * np.sqrt(K) * 5  # counts sum to n, plus noise
-    assert len(answer.wire) <= 4 * K + 1024 and down <= 4 * K * 1280 + 4096
     assert answer.epsilon == pytest.approx(0.584, abs=0.002)
-    upload_response(store, "r1", "c1", answer.wire)
-    with pytest.raises(ProtocolError, match="already answered"):
-        upload_response(store, "r1", "c1", b"{}")
-    assert store.read_bytes(layout.response("r1", "c1")) == answer.wire  # the first answer is kept
+    with pytest.raises(DuplicateRound):  # the same round twice: refused by the ledger before any upload
+        respond(invitation, enrollment, data.images, ledger, show_bar=False)
+    assert store.read_bytes(layout.response("r1", "c1")) == uploaded  # the first answer is kept
 
 
-def test_client_refuses_a_probe_for_other_weights(tmp_path):
-    store = Store(str(tmp_path))
-    publish(store, spec=BackboneSpec(weights_sha256="0" * 64))
-    probe, centroids, _ = fetch_probe(store, "r1")
+def test_second_upload_to_the_same_url_is_refused(setup, tmp_path):
+    store, enrollment, _ = setup
+    invitation = publish(store, enrollment)
+    respond(invitation, enrollment, make_imageset(10).images, PrivacyLedger(tmp_path / "a.json"), show_bar=False)
+    with pytest.raises(TransportError, match="already uploaded"):
+        respond(invitation, enrollment, make_imageset(10).images, PrivacyLedger(tmp_path / "b.json"), show_bar=False)
+
+
+def test_forged_probe_is_refused(setup):
+    store, enrollment, ledger = setup
+    invitation = publish(store, enrollment, mac_key=enroll(store, "mallory").key_b64)
+    with pytest.raises(ProtocolError, match="MAC does not verify"):
+        respond(invitation, enrollment, make_imageset(4).images, ledger, show_bar=False)
+    assert ledger.spent(1e-5) == 0.0  # nothing released
+
+
+def test_probe_for_other_weights_is_refused(setup):
+    store, enrollment, ledger = setup
+    invitation = publish(store, enrollment, spec=BackboneSpec(weights_sha256="0" * 64))
     with pytest.raises(ValueError, match="weights differ"):
-        answer_probe(probe, centroids, make_imageset(4).images, "c1", show_bar=False)
+        respond(invitation, enrollment, make_imageset(4).images, ledger, show_bar=False)
 
 
-def test_missing_probe_times_out_clearly(tmp_path):
-    with pytest.raises(TimeoutError, match="no probe for round 'r9'"):
-        fetch_probe(Store(str(tmp_path)), "r9", wait_s=0.2, poll_s=0.1)
+def test_budget_and_deadline_and_wrong_device(setup, tmp_path):
+    store, enrollment, ledger = setup
+    poor = enroll(store, "c2", epsilon_budget=0.5)
+    with pytest.raises(PrivacyBudgetExceeded):
+        respond(publish(store, poor), poor, make_imageset(4).images, ledger, show_bar=False)
+    with pytest.raises(ProtocolError, match="deadline"):
+        respond(publish(store, enrollment, "r2", deadline_s=-1), enrollment, make_imageset(4).images, ledger, show_bar=False)
+    with pytest.raises(ProtocolError, match="invitation is for"):
+        respond(publish(store, poor, "r3"), enrollment, make_imageset(4).images, ledger, show_bar=False)
 
 
-def test_client_cli_never_imports_prefect(tmp_path):
-    store = Store(str(tmp_path / "s"))
-    publish(store)
+def test_client_cli_needs_no_prefect_and_no_credentials(setup, tmp_path):
+    store, enrollment, _ = setup
+    invitation = publish(store, enrollment)
+    (tmp_path / "invite.json").write_text(invitation.model_dump_json())
+    save_enrollment(enrollment, tmp_path / "enrollment.json")
     save_imageset(make_imageset(20), tmp_path / "data.npz")
     code = (
         "import sys; from ecos_cli.main import app\n"
@@ -66,8 +106,9 @@ def test_client_cli_never_imports_prefect(tmp_path):
         "bad = [m for m in sys.modules if m.split('.')[0] in ('prefect', 'lightning')]\n"
         "assert not bad, bad[:5]\n"
     )
-    args = ["client", "respond", "--store", str(tmp_path / "s"), "--round", "r1", "--client-id", "c1",
-            "--data", str(tmp_path / "data.npz"), "--no-progress", "--seed", "1"]  # fmt: skip
-    out = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=120)
+    args = ["client", "respond", "--invite", str(tmp_path / "invite.json"), "--enrollment", str(tmp_path / "enrollment.json"),
+            "--ledger", str(tmp_path / "ledger.json"), "--data", str(tmp_path / "data.npz"), "--no-progress", "--seed", "1"]  # fmt: skip
+    env = {k: v for k, v in __import__("os").environ.items() if not k.startswith(("ECOS_S3", "AWS_"))}
+    out = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=120, env=env)
     assert out.returncode == 0, out.stderr[-2000:]
     assert store.exists(layout.response("r1", "c1"))

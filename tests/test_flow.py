@@ -10,6 +10,7 @@ import pytest
 
 from ecos_core import layout
 from ecos_core.config import RoundConfig
+from ecos_core.auth import enroll, signed_response_bytes
 from ecos_core.protocol import response_json_bytes
 from ecos_core.store import Store
 
@@ -78,13 +79,17 @@ def test_bad_uploads_are_ledgered_and_never_used(first_round, store_url, tmp_pat
 
     store = Store(store_url)
     rid = "t-round-3"
-    store.write_bytes(layout.response(rid, "mallory"), response_json_bytes(rid, "mallory", [1.0] * TINY.index.k))
+    mallory = enroll(store, "mallory")
+    signed = signed_response_bytes(response_json_bytes(rid, "mallory", [1.0] * TINY.index.k), mallory.key_b64)
+    store.write_bytes(layout.response(rid, "mallory"), signed)  # enrolled, but not invited to this round
     store.write_bytes(layout.response(rid, "client-x"), b'{"round_id": "t-round-3", "scores": "NaN"}')
+    forged = signed_response_bytes(response_json_bytes(rid, "client-0", [5.0] * TINY.index.k), mallory.key_b64)
+    store.write_bytes(layout.response(rid, "client-0x"), forged)  # claims to be client-0, signed with another key
     cfg = TINY.model_copy(update={"domain_report": False, "local_baseline": False, "sampling": TINY.sampling.model_copy(update={"samplers": ("ecos",)})})
     round_flow(cfg, store_url, rid, True, str(tmp_path))
     ledger = store.read_json(layout.round_key(rid, "ledger.json"))
     reasons = json.dumps(ledger["rejected"])
-    assert "unknown client 'mallory'" in reasons and "not a valid response" in reasons
+    assert "unknown client" in reasons and "bad signature" in reasons and "client-x.json" in reasons
     assert list(ledger["accepted"]) == ["client-0"]
 
 

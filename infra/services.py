@@ -1,0 +1,715 @@
+"""Start and stop the real services on this machine, by PID, on 127.0.0.1 only.
+
+- ``s3``: ``rclone serve s3`` over a local folder (an S3-compatible server that checks
+  SigV4 signatures); buckets are the folder's top-level directories.
+- ``prefect``: ``prefect server start`` with its own PREFECT_HOME (own SQLite DB).
+- ``worker``: a process work pool (``ECOS_WORK_POOL``) and ``prefect worker start``.
+- ``gpu-worker``: a worker for ``ECOS_GPU_WORK_POOL`` (the pool is always created, the
+  worker only when asked for by name).
+
+State (pid files, logs, Prefect home, S3 data, generated credentials) lives in the run
+dir: ``ECOS_INFRA_DIR`` or ``infra/run`` (gitignored). Config comes only from the
+environment or a ``.env`` file in the repo root (the environment wins).
+
+CLI (from the repo root)::
+
+    python -m infra.services up [s3|prefect|worker|gpu-worker|all ...]
+    python -m infra.services down [...]
+    python -m infra.services status
+    eval "$(python -m infra.services env)"
+
+Stdlib only: this module must import without the project's dependencies.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+INFRA_DIR = REPO_ROOT / "infra"
+HOST = "127.0.0.1"
+
+SERVICES = ("s3", "prefect", "worker", "gpu-worker")
+DEFAULT_UP = ("s3", "prefect", "worker")  # what `up` / `up all` starts; the GPU worker only by name
+
+S3_READY_TIMEOUT = 20.0
+PREFECT_READY_TIMEOUT = 120.0
+WORKER_READY_TIMEOUT = 60.0
+STOP_TIMEOUT = 15.0
+
+
+class ServiceError(RuntimeError):
+    """A service could not be started or stopped; the message says why (and the log tail)."""
+
+
+# ------------------------------------------------------------------------ config
+def read_dotenv(path: Path) -> dict[str, str]:
+    """Simple KEY=VALUE lines; '#' comments, blank lines, an optional 'export ' and
+    matching surrounding quotes are handled. No interpolation."""
+    out: dict[str, str] = {}
+    try:
+        text = path.read_text()
+    except (FileNotFoundError, IsADirectoryError, PermissionError):
+        return out
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("export "):
+            line = line[len("export ") :].lstrip()
+        key, sep, value = line.partition("=")
+        key = key.strip()
+        if not sep or not key.replace("_", "").isalnum():
+            continue
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            value = value[1:-1]
+        elif " #" in value:
+            value = value.split(" #", 1)[0].rstrip()
+        out[key] = value
+    return out
+
+
+def _int(env: Mapping[str, str], key: str, default: int) -> int:
+    raw = env.get(key) or str(default)
+    try:
+        return int(raw)
+    except ValueError:
+        raise ServiceError(f"{key}={raw!r} is not an integer") from None
+
+
+@dataclass
+class Config:
+    run_dir: Path
+    s3_data_dir: Path
+    s3_port: int = 9000
+    s3_bucket: str = "ecos"
+    s3_prefix: str = "store"
+    s3_key: str | None = None
+    s3_secret: str | None = None
+    prefect_port: int = 4200
+    work_pool: str = "ecos-cpu"
+    gpu_work_pool: str = "ecos-gpu"
+    worker_query_seconds: str = "2"
+    prefect_bin: str = ""
+    rclone_bin: Path = INFRA_DIR / "bin" / "rclone"
+    env: dict[str, str] = field(default_factory=dict, repr=False)  # the merged .env + environment
+
+    @classmethod
+    def load(cls, environ: Mapping[str, str] | None = None, dotenv: Path | None = None) -> Config:
+        env = read_dotenv(dotenv or REPO_ROOT / ".env")
+        env.update(os.environ if environ is None else environ)
+        run_dir = Path(env.get("ECOS_INFRA_DIR") or INFRA_DIR / "run").expanduser().resolve()
+        data_dir = Path(env.get("ECOS_S3_DATA_DIR") or run_dir / "s3-data").expanduser().resolve()
+        prefect_bin = env.get("ECOS_PREFECT_BIN") or str(Path(sys.executable).parent / "prefect")
+        if not Path(prefect_bin).exists():
+            prefect_bin = shutil.which("prefect") or prefect_bin
+        cfg = cls(
+            run_dir=run_dir,
+            s3_data_dir=data_dir,
+            s3_port=_int(env, "ECOS_S3_PORT", 9000),
+            s3_bucket=env.get("ECOS_S3_BUCKET") or "ecos",
+            s3_prefix=(env.get("ECOS_S3_PREFIX") or "store").strip("/"),
+            s3_key=env.get("ECOS_S3_KEY") or None,
+            s3_secret=env.get("ECOS_S3_SECRET") or None,
+            prefect_port=_int(env, "ECOS_PREFECT_PORT", 4200),
+            work_pool=env.get("ECOS_WORK_POOL") or "ecos-cpu",
+            gpu_work_pool=env.get("ECOS_GPU_WORK_POOL") or "ecos-gpu",
+            worker_query_seconds=env.get("PREFECT_WORKER_QUERY_SECONDS") or "2",
+            prefect_bin=prefect_bin,
+            rclone_bin=Path(env.get("ECOS_RCLONE_BIN") or INFRA_DIR / "bin" / "rclone"),
+            env=dict(env),
+        )
+        bucket = cfg.s3_bucket
+        if not (3 <= len(bucket) <= 63) or "/" in bucket or bucket.startswith("."):
+            raise ServiceError(f"ECOS_S3_BUCKET={bucket!r} is not a valid bucket name")
+        return cfg
+
+    # -- derived
+    @property
+    def s3_url(self) -> str:
+        return f"http://{HOST}:{self.s3_port}"
+
+    @property
+    def prefect_url(self) -> str:
+        return f"http://{HOST}:{self.prefect_port}"
+
+    @property
+    def prefect_api_url(self) -> str:
+        return f"{self.prefect_url}/api"
+
+    @property
+    def prefect_home(self) -> Path:
+        return self.run_dir / "prefect-home"
+
+    @property
+    def credentials_file(self) -> Path:
+        return self.run_dir / "credentials.env"
+
+    def pool_for(self, name: str) -> str:
+        return self.gpu_work_pool if name == "gpu-worker" else self.work_pool
+
+    def url_for(self, name: str) -> str:
+        if name == "s3":
+            return f"{self.s3_url} (bucket {self.s3_bucket}, data {self.s3_data_dir})"
+        if name == "prefect":
+            return f"{self.prefect_url} (UI), {self.prefect_api_url} (API)"
+        return f"{self.prefect_api_url} pool {self.pool_for(name)}"
+
+    def ensure_run_dir(self) -> None:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self.run_dir.chmod(0o700)
+        except PermissionError:
+            pass
+
+    def credentials(self, create: bool = True) -> tuple[str, str]:
+        """ECOS_S3_KEY/ECOS_S3_SECRET from the environment/.env, else the run dir's
+        credentials.env, generated once (mode 600) when absent."""
+        if self.s3_key and self.s3_secret:
+            return self.s3_key, self.s3_secret
+        if bool(self.s3_key) != bool(self.s3_secret):
+            raise ServiceError("set both ECOS_S3_KEY and ECOS_S3_SECRET, or neither (then they are generated)")
+        saved = read_dotenv(self.credentials_file)
+        if saved.get("ECOS_S3_KEY") and saved.get("ECOS_S3_SECRET"):
+            self.s3_key, self.s3_secret = saved["ECOS_S3_KEY"], saved["ECOS_S3_SECRET"]
+            return self.s3_key, self.s3_secret
+        if not create:
+            raise ServiceError(
+                f"no S3 credentials: set ECOS_S3_KEY/ECOS_S3_SECRET or run `up s3` to generate {self.credentials_file}"
+            )
+        self.ensure_run_dir()
+        key = "ECOS" + secrets.token_hex(8).upper()  # 20 characters, like an AWS access key id
+        secret = secrets.token_urlsafe(30)  # 40 characters
+        fd = os.open(self.credentials_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write("# generated by infra/services.py; keep private\n")
+            f.write(f"ECOS_S3_KEY={key}\nECOS_S3_SECRET={secret}\n")
+        print(f"infra: generated S3 credentials in {self.credentials_file} (mode 600)", file=sys.stderr)
+        self.s3_key, self.s3_secret = key, secret
+        return key, secret
+
+
+def _validate_credentials(key: str, secret: str) -> None:
+    # rclone's --auth-key is "key,secret" (CSV); it also refuses access keys shorter than 3.
+    for what, value in (("ECOS_S3_KEY", key), ("ECOS_S3_SECRET", secret)):
+        if any(c in value for c in ',"\n\r') or value != value.strip():
+            raise ServiceError(f"{what} must not contain commas, quotes, newlines or surrounding spaces")
+    if len(key) < 3:
+        raise ServiceError("ECOS_S3_KEY must be at least 3 characters (rclone rejects shorter access keys)")
+
+
+def env_for_clients(cfg: Config | None = None) -> dict[str, str]:
+    """What a client or flow needs to use these services."""
+    cfg = cfg or Config.load()
+    key, secret = cfg.credentials(create=False)
+    return {
+        "ECOS_STORE": f"s3://{cfg.s3_bucket}/{cfg.s3_prefix}" if cfg.s3_prefix else f"s3://{cfg.s3_bucket}",
+        "ECOS_S3_ENDPOINT": cfg.s3_url,
+        "ECOS_S3_KEY": key,
+        "ECOS_S3_SECRET": secret,
+        "PREFECT_API_URL": cfg.prefect_api_url,
+        "AWS_EC2_METADATA_DISABLED": "true",
+    }
+
+
+# ------------------------------------------------------------------------ processes
+def _proc_start_time(pid: int) -> str | None:
+    """The kernel's start time of a PID (Linux), to tell our process from a reused PID."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError, PermissionError, OSError):
+        return None
+    return stat.rsplit(")", 1)[1].split()[19]
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    stat = Path(f"/proc/{pid}/stat")
+    if stat.exists():
+        try:
+            return stat.read_text().rsplit(")", 1)[1].split()[0] != "Z"
+        except OSError:
+            return False
+    return True
+
+
+def _group_members(pgid: int) -> list[int]:
+    """Live (non-zombie) processes of a process group."""
+    proc = Path("/proc")
+    if not proc.is_dir():
+        try:
+            os.killpg(pgid, 0)
+            return [pgid]
+        except (ProcessLookupError, PermissionError):
+            return []
+    out = []
+    for d in proc.iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            fields = (d / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[0] != "Z" and int(fields[2]) == pgid:
+            out.append(int(d.name))
+    return out
+
+
+def _reap(pid: int) -> None:
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
+
+
+@dataclass
+class Record:
+    name: str
+    pid: int
+    start_time: str | None
+    cmd: list[str]
+    url: str
+    log: str
+    started_at: float
+    ready_s: float | None = None  # seconds from launch to ready (this start only)
+
+    @classmethod
+    def read(cls, path: Path) -> Record | None:
+        try:
+            return cls(**json.loads(path.read_text()))
+        except (FileNotFoundError, ValueError, TypeError):
+            return None
+
+    def alive(self) -> bool:
+        if not _pid_alive(self.pid):
+            return False
+        now = _proc_start_time(self.pid)
+        return self.start_time is None or now is None or now == self.start_time
+
+
+def _pid_file(cfg: Config, name: str) -> Path:
+    return cfg.run_dir / f"{name}.pid"
+
+
+def _log_file(cfg: Config, name: str) -> Path:
+    return cfg.run_dir / "logs" / f"{name}.log"
+
+
+def log_tail(path: Path | str, lines: int = 30) -> str:
+    try:
+        data = Path(path).read_bytes()[-20000:].decode(errors="replace")
+    except FileNotFoundError:
+        return f"(no log at {path})"
+    if "\n===== " in data:  # only the latest start's part of the log
+        data = "===== " + data.rsplit("\n===== ", 1)[1]
+    return "\n".join(data.splitlines()[-lines:])
+
+
+def _launch(cfg: Config, name: str, cmd: list[str], env: dict[str, str], url: str, cwd: Path) -> Record:
+    cfg.ensure_run_dir()
+    log = _log_file(cfg, name)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "ab") as f:
+        f.write(f"\n===== {time.strftime('%Y-%m-%d %H:%M:%S')} starting {name}: {' '.join(cmd)}\n".encode())
+        f.flush()
+        proc = subprocess.Popen(
+            cmd, stdin=subprocess.DEVNULL, stdout=f, stderr=subprocess.STDOUT, env=env, cwd=cwd, start_new_session=True
+        )
+    rec = Record(name, proc.pid, _proc_start_time(proc.pid), cmd, url, str(log), time.time())
+    tmp = _pid_file(cfg, name).with_suffix(".pid.tmp")
+    tmp.write_text(json.dumps(rec.__dict__))
+    tmp.replace(_pid_file(cfg, name))
+    proc.returncode = 0  # detached on purpose: silence Popen's "still running" warning at exit
+    return rec
+
+
+def _wait_ready(rec: Record, check: Callable[[], bool], timeout: float, what: str) -> float:
+    t0 = time.monotonic()
+    while True:
+        try:
+            ready = check()
+        except Exception:  # noqa: BLE001 - not ready yet, whatever the reason
+            ready = False
+        if ready:
+            return time.monotonic() - t0
+        if not rec.alive():
+            _reap(rec.pid)
+            raise ServiceError(f"{what} exited during startup (pid {rec.pid}); log {rec.log}:\n{log_tail(rec.log)}")
+        if time.monotonic() - t0 > timeout:
+            raise ServiceError(
+                f"{what} not ready after {timeout:.0f} s (pid {rec.pid}); log {rec.log}:\n{log_tail(rec.log)}"
+            )
+        time.sleep(0.2)
+
+
+def _http(url: str, method: str = "GET", body: dict | None = None, timeout: float = 3.0) -> tuple[int, bytes]:
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read()
+
+
+def _port_open(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.5)
+        return s.connect_ex((HOST, port)) == 0
+
+
+# ------------------------------------------------------------------------ services
+def _base_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["AWS_EC2_METADATA_DISABLED"] = "true"
+    return env
+
+
+def _prefect_env(cfg: Config) -> dict[str, str]:
+    env = _base_env()
+    for k in ("PREFECT_API_URL", "PREFECT_API_KEY", "PREFECT_PROFILE"):
+        env.pop(k, None)
+    env["PREFECT_HOME"] = str(cfg.prefect_home)
+    env["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+    env["PREFECT_UI_ENABLED"] = "true"
+    return env
+
+
+def _ensure_rclone(cfg: Config) -> None:
+    if cfg.rclone_bin.exists():
+        return
+    script = INFRA_DIR / "get_rclone.sh"
+    print(f"infra: {cfg.rclone_bin} missing; running {script}", file=sys.stderr)
+    env = dict(os.environ, PIP=f"{sys.executable} -m pip")
+    res = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, check=False)
+    if res.returncode != 0 or not cfg.rclone_bin.exists():
+        raise ServiceError(f"could not fetch rclone with {script} (exit {res.returncode}):\n{res.stderr[-3000:]}")
+
+
+def _start_s3(cfg: Config) -> Record:
+    _ensure_rclone(cfg)
+    key, secret = cfg.credentials(create=True)
+    _validate_credentials(key, secret)
+    (cfg.s3_data_dir / cfg.s3_bucket).mkdir(parents=True, exist_ok=True)
+    rclone_conf = cfg.run_dir / "rclone.conf"  # isolate from a user's ~/.config/rclone
+    rclone_conf.touch()
+    env = _base_env()
+    # The credentials go through the environment, not argv, so `ps` does not show them.
+    env["RCLONE_AUTH_KEY"] = f'"{key},{secret}"'
+    cmd = [
+        str(cfg.rclone_bin),
+        "serve",
+        "s3",
+        str(cfg.s3_data_dir),
+        "--addr",
+        f"{HOST}:{cfg.s3_port}",
+        "--config",
+        str(rclone_conf),
+        "-v",
+    ]
+    rec = _launch(cfg, "s3", cmd, env, cfg.s3_url, cfg.run_dir)
+    # Ready once the port answers HTTP at all (an unsigned request gets a 4xx).
+    rec.ready_s = _wait_ready(
+        rec,
+        lambda: _http(cfg.s3_url + "/", timeout=1.0)[0] > 0,
+        S3_READY_TIMEOUT,
+        f"S3 server (rclone) on port {cfg.s3_port}",
+    )
+    return rec
+
+
+def _prefect_healthy(cfg: Config) -> bool:
+    try:
+        return _http(f"{cfg.prefect_api_url}/health", timeout=2.0)[0] == 200
+    except OSError:
+        return False
+
+
+def _start_prefect(cfg: Config) -> Record:
+    cfg.prefect_home.mkdir(parents=True, exist_ok=True)
+    cmd = [cfg.prefect_bin, "server", "start", "--host", HOST, "--port", str(cfg.prefect_port)]
+    rec = _launch(cfg, "prefect", cmd, _prefect_env(cfg), cfg.prefect_url, cfg.run_dir)
+    rec.ready_s = _wait_ready(
+        rec, lambda: _prefect_healthy(cfg), PREFECT_READY_TIMEOUT, f"Prefect server on port {cfg.prefect_port}"
+    )
+    return rec
+
+
+def ensure_pools(cfg: Config) -> None:
+    """Create (or update: --overwrite) the process work pools. Idempotent."""
+    env = _prefect_env(cfg)
+    env["PREFECT_API_URL"] = cfg.prefect_api_url
+    procs = {
+        pool: subprocess.Popen(
+            [cfg.prefect_bin, "--no-prompt", "work-pool", "create", pool, "--type", "process", "--overwrite"],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            cwd=REPO_ROOT,
+        )
+        for pool in dict.fromkeys((cfg.work_pool, cfg.gpu_work_pool))
+    }
+    for pool, p in procs.items():
+        out, _ = p.communicate(timeout=120)
+        if p.returncode != 0 and _http(f"{cfg.prefect_api_url}/work_pools/{pool}")[0] != 200:
+            raise ServiceError(f"could not create work pool {pool!r} (exit {p.returncode}):\n{out[-3000:]}")
+
+
+def workers(cfg: Config, pool: str) -> list[dict]:
+    """The workers the server knows for a pool (name, status, last heartbeat)."""
+    status, body = _http(f"{cfg.prefect_api_url}/work_pools/{pool}/workers/filter", "POST", {})
+    if status != 200:
+        raise ServiceError(f"listing workers of pool {pool!r}: HTTP {status} {body[:300]!r}")
+    return json.loads(body)
+
+
+def _start_worker(cfg: Config, name: str) -> Record:
+    pool = cfg.pool_for(name)
+    if _http(f"{cfg.prefect_api_url}/work_pools/{pool}")[0] != 200:
+        ensure_pools(cfg)
+    env = _prefect_env(cfg)
+    if _service_running(cfg, "s3"):  # flow runs executed by this worker use the same store
+        env.update(env_for_clients(cfg))
+    env["PREFECT_API_URL"] = cfg.prefect_api_url
+    env["PREFECT_WORKER_QUERY_SECONDS"] = cfg.worker_query_seconds
+    worker_name = f"{pool}-{socket.gethostname()}-{uuid.uuid4().hex[:6]}"
+    cmd = [
+        cfg.prefect_bin,
+        "--no-prompt",
+        "worker",
+        "start",
+        "--pool",
+        pool,
+        "--type",
+        "process",
+        "--name",
+        worker_name,
+    ]
+    # Flow runs execute in the worker's working directory: the repo root, so flows/ imports.
+    rec = _launch(cfg, name, cmd, env, f"{cfg.prefect_api_url} pool {pool} worker {worker_name}", REPO_ROOT)
+    rec.ready_s = _wait_ready(
+        rec,
+        lambda: any(w.get("name") == worker_name for w in workers(cfg, pool)),
+        WORKER_READY_TIMEOUT,
+        f"worker for pool {pool!r}",
+    )
+    return rec
+
+
+_STARTERS: dict[str, Callable[[Config], Record]] = {
+    "s3": _start_s3,
+    "prefect": _start_prefect,
+    "worker": lambda cfg: _start_worker(cfg, "worker"),
+    "gpu-worker": lambda cfg: _start_worker(cfg, "gpu-worker"),
+}
+_PORT = {"s3": lambda c: c.s3_port, "prefect": lambda c: c.prefect_port}
+
+
+def _service_running(cfg: Config, name: str) -> bool:
+    rec = Record.read(_pid_file(cfg, name))
+    return bool(rec and rec.alive())
+
+
+def _expand(names: list[str] | tuple[str, ...] | None, default: tuple[str, ...]) -> list[str]:
+    out: list[str] = []
+    for n in names or ["all"]:
+        for m in default if n == "all" else (n,):
+            if m not in SERVICES:
+                raise ServiceError(f"unknown service {m!r}; choose from {', '.join(SERVICES)} or all")
+            if m not in out:
+                out.append(m)
+    return out
+
+
+def start(name: str, cfg: Config | None = None) -> Record:
+    """Start one service unless it already runs; wait until it is ready. On failure,
+    stop what was started for it and raise ServiceError with the log tail."""
+    cfg = cfg or Config.load()
+    cfg.ensure_run_dir()
+    rec = Record.read(_pid_file(cfg, name))
+    if rec and rec.alive():
+        print(f"infra: {name} already running (pid {rec.pid})", file=sys.stderr)
+        rec.ready_s = 0.0
+        return rec
+    if name in ("worker", "gpu-worker") and not _prefect_healthy(cfg):
+        if _service_running(cfg, "prefect"):
+            raise ServiceError(f"Prefect server (pid file {_pid_file(cfg, 'prefect')}) runs but is not healthy")
+        print("infra: the worker needs the Prefect server; starting it first", file=sys.stderr)
+        start("prefect", cfg)
+    if name in _PORT and _port_open(port := _PORT[name](cfg)):
+        raise ServiceError(
+            f"port {HOST}:{port} is already in use by another process; stop it or set "
+            f"{'ECOS_S3_PORT' if name == 's3' else 'ECOS_PREFECT_PORT'}"
+        )
+    t0 = time.monotonic()
+    try:
+        rec = _STARTERS[name](cfg)
+        if name == "prefect":
+            ensure_pools(cfg)
+    except BaseException:  # not ready, pools failed, Ctrl-C: stop what we started for this service
+        stop(name, cfg, quiet=True)
+        raise
+    print(
+        f"infra: {name} ready in {rec.ready_s:.1f} s (pid {rec.pid}, {time.monotonic() - t0:.1f} s in all) "
+        f"{cfg.url_for(name)}",
+        file=sys.stderr,
+    )
+    return rec
+
+
+def up(names: list[str] | tuple[str, ...] | None = None, cfg: Config | None = None) -> dict[str, Record]:
+    cfg = cfg or Config.load()
+    return {n: start(n, cfg) for n in _expand(names, DEFAULT_UP)}
+
+
+def stop(name: str, cfg: Config | None = None, timeout: float = STOP_TIMEOUT, quiet: bool = False) -> bool:
+    """SIGTERM the service's process group (by the recorded PID), wait, SIGKILL after
+    `timeout`; remove the pid file. Returns True if something was running."""
+    cfg = cfg or Config.load()
+    pid_file = _pid_file(cfg, name)
+    rec = Record.read(pid_file)
+    if rec is None:
+        pid_file.unlink(missing_ok=True)
+        return False
+    ran = rec.alive()
+    if not ran and rec.start_time is not None and _proc_start_time(rec.pid) not in (None, rec.start_time):
+        pid_file.unlink(missing_ok=True)  # the PID was reused by someone else: leave it alone
+        return False
+    pgid = rec.pid  # started with start_new_session: the leader's PID is the group id
+    try:
+        os.killpg(pgid, signal.SIGTERM)
+    except (ProcessLookupError, PermissionError):
+        pass
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        _reap(rec.pid)
+        if not _group_members(pgid):
+            break
+        time.sleep(0.1)
+    else:
+        try:
+            os.killpg(pgid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        for _ in range(50):
+            _reap(rec.pid)
+            if not _group_members(pgid):
+                break
+            time.sleep(0.1)
+    _reap(rec.pid)
+    pid_file.unlink(missing_ok=True)
+    if not quiet:
+        print(f"infra: {name} {'stopped' if ran else 'was not running'} (pid {rec.pid})", file=sys.stderr)
+    return ran
+
+
+def down(names: list[str] | tuple[str, ...] | None = None, cfg: Config | None = None) -> None:
+    cfg = cfg or Config.load()
+    order = [n for n in ("gpu-worker", "worker", "prefect", "s3") if n in _expand(names, SERVICES)]
+    for n in order:
+        stop(n, cfg)
+
+
+def stop_all(cfg: Config | None = None) -> None:
+    down(None, cfg)
+
+
+def status(cfg: Config | None = None, out=None) -> dict[str, dict]:
+    """Print and return each service's state: running/stopped, pid, URL, log file."""
+    cfg = cfg or Config.load()
+    out = out or sys.stdout
+    result: dict[str, dict] = {}
+    for name in SERVICES:
+        rec = Record.read(_pid_file(cfg, name))
+        running = bool(rec and rec.alive())
+        info = {
+            "state": "running" if running else "stopped",
+            "pid": rec.pid if running and rec else None,
+            "url": rec.url if rec else cfg.url_for(name),
+            "log": str(_log_file(cfg, name)),
+        }
+        if name == "prefect" and running:
+            info["healthy"] = _prefect_healthy(cfg)
+        result[name] = info
+        pid = str(info["pid"] or "-")
+        extra = "" if info.get("healthy", True) else " (not healthy)"
+        print(f"{name:<11} {info['state']:<8}{extra} pid {pid:<8} {info['url']}\n{'':<11} log {info['log']}", file=out)
+    return result
+
+
+def _shell_quote(v: str) -> str:
+    return "'" + v.replace("'", "'\\''") + "'"
+
+
+def env_lines(cfg: Config | None = None, running_only: bool = False) -> list[str]:
+    """`export K=V` lines of env_for_clients(); with running_only, only the variables of
+    the services that run (so a client falls back to its embedded defaults for the rest)."""
+    cfg = cfg or Config.load()
+    up = {n: _service_running(cfg, n) for n in ("s3", "prefect")}
+    if running_only:
+        env = env_for_clients(cfg) if up["s3"] else {"AWS_EC2_METADATA_DISABLED": "true"}
+        if up["s3"] and not up["prefect"]:
+            env.pop("PREFECT_API_URL")
+        elif up["prefect"]:
+            env["PREFECT_API_URL"] = cfg.prefect_api_url
+    else:
+        env = env_for_clients(cfg)
+        for n in (n for n, running in up.items() if not running):
+            print(f"infra: warning: {n} is not running", file=sys.stderr)
+    return [f"export {k}={_shell_quote(v)}" for k, v in env.items()]
+
+
+# ------------------------------------------------------------------------ CLI
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m infra.services", description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+    p_up = sub.add_parser("up", help="start services (default: s3 prefect worker) and wait until ready")
+    p_up.add_argument("services", nargs="*", metavar="SERVICE", help=f"{', '.join(SERVICES)} or all")
+    p_down = sub.add_parser("down", help="stop services by PID (default: all)")
+    p_down.add_argument("services", nargs="*", metavar="SERVICE")
+    sub.add_parser("status", help="running/stopped, pid, URL and log of each service")
+    p_env = sub.add_parser("env", help='print `export K=V` lines for clients: eval "$(python -m infra.services env)"')
+    p_env.add_argument("--running", action="store_true", help="only the variables of services that are running")
+    args = p.parse_args(argv)
+    try:
+        cfg = Config.load()
+        if args.cmd == "up":
+            up(args.services, cfg)
+        elif args.cmd == "down":
+            down(args.services, cfg)
+        elif args.cmd == "status":
+            status(cfg)
+        elif args.cmd == "env":
+            print("\n".join(env_lines(cfg, running_only=args.running)))
+    except ServiceError as err:
+        print(f"infra: error: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
