@@ -72,10 +72,10 @@ def run(
                                  "index.k": k, "sigma": sigma, "seed": seed,
                                  "clients": [f"client-{i}" for i in range(clients)] if clients else None})  # fmt: skip
     from ecos_core.settings import Settings
-    from flows.round_flow import round_flow
+    from flows.round_flow import new_round_id, round_flow
 
     url = _store_url(store)
-    out = round_flow(cfg, url, round_id, True, Settings().device_dir)
+    out = round_flow(cfg, url, round_id or new_round_id(), True, Settings().device_dir)
     _print_report(out)
 
 
@@ -143,6 +143,42 @@ def _load_local(spec: str):  # noqa: ANN202
     from ecos_core.data.user import load_dataset
 
     return load_dataset(spec)
+
+
+@app.command()
+def watch(
+    interval: float = typer.Option(2.0, help="Seconds between sweeps."),
+    once: bool = typer.Option(False, help="One sweep, then exit."),
+) -> None:
+    """Resume suspended rounds whose clients have all answered (or whose deadline passed).
+    Needs PREFECT_API_URL and the store's settings."""
+    from flows.watcher import watch as run_watcher
+
+    run_watcher(interval, once)
+
+
+@clients_app.command("invitation")
+def clients_invitation(
+    client_id: str = typer.Argument(..., help="The invited client."),
+    round_id: str = typer.Option(..., "--round", help="The round."),
+    out: Path = typer.Option(..., help="Where to write the invitation for delivery to the device."),
+    wait: float = typer.Option(0.0, help="Seconds to wait for the round to publish it."),
+    store: Optional[str] = StoreOpt,
+) -> None:
+    """Fetch a client's invitation (pre-signed URLs, probe MAC) from the store, for delivery."""
+    import time
+
+    from ecos_core import layout
+    from tasks.catalog import store as open_store
+
+    st, key, end = open_store(_store_url(store)), layout.invitation(round_id, client_id), time.monotonic() + wait
+    while not st.exists(key):
+        if time.monotonic() >= end:
+            raise FileNotFoundError(f"{st.uri(key)}: no invitation (is the round published, the client invited?)")
+        time.sleep(1.0)
+        st.invalidate()
+    out.write_bytes(st.read_bytes(key, 1 << 16))
+    typer.echo(f"invitation for {client_id}, round {round_id}: {out}")
 
 
 @clients_app.command("enroll")
@@ -215,6 +251,20 @@ def data_check(spec: str = typer.Argument(..., help="An image folder, a manifest
     part = _load_local(spec)
     typer.echo(f"{spec}: {len(part)} images {part.images.shape[1:]}, labels {sorted(set(part.labels.tolist()))}, "
                f"domains {domain_counts(part)}")  # fmt: skip
+
+
+@data_app.command("export")
+def data_export(
+    spec: str = typer.Argument(..., help="What to export: builtin:<domain>, a manifest or a folder."),
+    out: Path = typer.Option(..., help="Image folder to write (root/<label>/<n>.png)."),
+    max_samples: Optional[int] = typer.Option(None, help="A seeded subset of this size."),
+    seed: int = typer.Option(0, help="Seed of the subset."),
+) -> None:
+    """Write a dataset as an image folder, e.g. the private data of a simulated device."""
+    from ecos_core.data.user import load_dataset, save_image_folder
+
+    n = save_image_folder(load_dataset(spec, max_samples=max_samples, seed=seed), out)
+    typer.echo(f"{n} images written under {out}")
 
 
 def main() -> None:

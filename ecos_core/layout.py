@@ -49,3 +49,7 @@ def invitation(round_id: str, client_id: str) -> str:
 
 def accepted(round_id: str, client_id: str) -> str:
     return round_key(round_id, f"accepted/{client_id}.json")
+
+
+def training_row(round_id: str, client_id: str, method: str) -> str:
+    return round_key(round_id, f"training/{client_id}/{method}.json")

@@ -9,32 +9,59 @@ from __future__ import annotations
 import uuid
 from datetime import datetime, timezone
 
+from typing import Literal
+
 from prefect import flow
+from prefect.deployments import run_deployment
+from prefect.flow_runs import suspend_flow_run
+from prefect.input import RunInput
+from prefect.runtime import flow_run
 
 from ecos_core.config import RoundConfig
+from ecos_core.settings import Settings
 from ecos_core.timing import Stopwatch
+from flows.train_flow import train_flow
 from flows.index_flow import index_flow
 from tasks.probe import publish_probe
 from tasks.report import write_report
 from tasks.responses import collect_responses
 from tasks.sampling import select_proxy_set
 from tasks.simulation import enroll_simulated_clients, launch_simulated_clients, oracle_counts
-from tasks.training import domain_local_accuracy, train_local, train_on_selection
+from tasks.training import domain_local_accuracy, read_training_rows
 
 
 def new_round_id() -> str:
     return f"r{datetime.now(timezone.utc):%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:6]}"
 
 
+class ResponsesReady(RunInput):
+    """What resumes a suspended round: the watcher saw every upload, or the deadline."""
+
+    reason: str = "all expected clients answered"
+
+
+def round_id_of_run(flow_run_id: str) -> str:
+    """The round id of a deployed run started without one: stable across its re-runs."""
+    return f"run-{flow_run_id}"
+
+
 @flow(name="ecos-round", log_prints=True)
 def round_flow(
     cfg: RoundConfig = RoundConfig(),
-    store_url: str = "./ecos-store",
+    store_url: str | None = None,
     round_id: str | None = None,
     simulate_clients: bool = True,
-    device_dir: str = "./ecos-devices",
+    device_dir: str | None = None,
+    wait: Literal["poll", "suspend"] = "poll",
+    train_deployment: str | None = None,
 ) -> dict:
-    round_id = round_id or new_round_id()
+    """wait="poll": this run polls the store until the responses are in (embedded mode).
+    wait="suspend": the run suspends, freeing its worker, until `ecos watch` resumes it;
+    the resumed run re-runs from the top and every step before the wait is a cache hit.
+    train_deployment: run training as that deployment (e.g. on a GPU pool) instead of a subflow."""
+    settings = Settings()
+    store_url, device_dir = store_url or settings.store, device_dir or settings.device_dir
+    round_id = round_id or round_id_of_run(str(flow_run.id))
     watch = Stopwatch()
     indexed = index_flow(cfg, store_url)
     feature_keys, index_key = indexed["features"]["keys"], indexed["index"]["key"]
@@ -48,11 +75,15 @@ def round_flow(
     if simulate_clients:
         launch_simulated_clients(store_url, cfg, round_id, device_dir)
     watch.lap("probe")
+    if wait == "suspend":
+        resumed = suspend_flow_run(wait_for_input=ResponsesReady, key=f"responses-{round_id}",
+                                   timeout=int(cfg.deadline_s) + 600)  # fmt: skip
+        print(f"round {round_id} resumed: {resumed.reason}")
     responses = collect_responses(store_url, round_id, list(cfg.clients), cfg.quorum, probe["deadline"], cfg.sigma,
-                                  probe["k"], cfg.poll_s)  # fmt: skip
+                                  probe["k"], cfg.poll_s, wait == "poll")  # fmt: skip
     watch.lap("wait for responses")
 
-    selections, runs = [], []
+    selections = []
     for client_id, answer in responses["accepted"].items():
         exact = oracle_counts(store_url, cfg, feature_keys, index_key, client_id) if "oracle" in cfg.sampling.samplers else None
         for method in cfg.sampling.samplers:
@@ -60,10 +91,16 @@ def round_flow(
                                       answer["scores"], exact)  # fmt: skip
             selections.append({**picked, "client_id": client_id})
     watch.lap("sampling")
-    for s in selections:
-        runs.append(train_on_selection(store_url, cfg, round_id, s["client_id"], s["method"], s["key"]))
-    if cfg.local_baseline:
-        runs += [train_local(store_url, cfg, round_id, c) for c in responses["accepted"]]
+    local_clients = list(responses["accepted"]) if cfg.local_baseline else []
+    if train_deployment:
+        run = run_deployment(train_deployment, timeout=None, parameters={"cfg": cfg.model_dump(mode="json"),
+                             "round_id": round_id, "selections": selections, "local_clients": local_clients,
+                             "store_url": store_url})  # fmt: skip
+        if not run.state or not run.state.is_completed():
+            raise RuntimeError(f"training deployment {train_deployment} ended {run.state and run.state.name}")
+        runs = read_training_rows(store_url, round_id, selections, local_clients)
+    else:
+        runs = train_flow(cfg, round_id, selections, local_clients, store_url)
     watch.lap("training")
     domain_rows = domain_local_accuracy(store_url, cfg) if cfg.domain_report else []
     watch.lap("domain check")

@@ -44,7 +44,8 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 INFRA_DIR = REPO_ROOT / "infra"
 HOST = "127.0.0.1"
 
-SERVICES = ("s3", "prefect", "worker", "gpu-worker")
+SERVICES = ("s3", "prefect", "worker", "gpu-worker", "watcher")
+RESULTS_BLOCK = "ecos-results"  # Prefect RemoteFileSystem block over the bucket (infra/deploy.py)
 DEFAULT_UP = ("s3", "prefect", "worker")  # what `up` / `up all` starts; the GPU worker only by name
 
 S3_READY_TIMEOUT = 20.0
@@ -494,6 +495,10 @@ def _start_worker(cfg: Config, name: str) -> Record:
         env.update(env_for_clients(cfg))
     env["PREFECT_API_URL"] = cfg.prefect_api_url
     env["PREFECT_WORKER_QUERY_SECONDS"] = cfg.worker_query_seconds
+    env["ECOS_REPO_DIR"] = str(REPO_ROOT)
+    if _service_running(cfg, "s3"):  # results and task caches in the bucket (block made by infra/deploy.py)
+        env.setdefault("PREFECT_RESULTS_PERSIST_BY_DEFAULT", "true")
+        env.setdefault("PREFECT_DEFAULT_RESULT_STORAGE_BLOCK", f"remote-file-system/{RESULTS_BLOCK}")
     worker_name = f"{pool}-{socket.gethostname()}-{uuid.uuid4().hex[:6]}"
     cmd = [
         cfg.prefect_bin,
@@ -518,11 +523,24 @@ def _start_worker(cfg: Config, name: str) -> Record:
     return rec
 
 
+def _start_watcher(cfg: Config) -> Record:
+    """`ecos watch`: resumes suspended rounds once their uploads are in the store."""
+    env = _prefect_env(cfg)
+    env.update(env_for_clients(cfg))
+    env["PREFECT_API_URL"] = cfg.prefect_api_url
+    python = str(Path(cfg.prefect_bin).parent / "python")
+    rec = _launch(cfg, "watcher", [python, "-m", "ecos_cli", "watch", "--interval", "2"], env,
+                  f"{cfg.prefect_api_url} (resumes suspended rounds)", REPO_ROOT)  # fmt: skip
+    rec.ready_s = _wait_ready(rec, lambda: "watching" in _log_file(cfg, "watcher").read_text(errors="replace"), WORKER_READY_TIMEOUT, "watcher")
+    return rec
+
+
 _STARTERS: dict[str, Callable[[Config], Record]] = {
     "s3": _start_s3,
     "prefect": _start_prefect,
     "worker": lambda cfg: _start_worker(cfg, "worker"),
     "gpu-worker": lambda cfg: _start_worker(cfg, "gpu-worker"),
+    "watcher": _start_watcher,
 }
 _PORT = {"s3": lambda c: c.s3_port, "prefect": lambda c: c.prefect_port}
 
@@ -627,7 +645,7 @@ def stop(name: str, cfg: Config | None = None, timeout: float = STOP_TIMEOUT, qu
 
 def down(names: list[str] | tuple[str, ...] | None = None, cfg: Config | None = None) -> None:
     cfg = cfg or Config.load()
-    order = [n for n in ("gpu-worker", "worker", "prefect", "s3") if n in _expand(names, SERVICES)]
+    order = [n for n in ("watcher", "gpu-worker", "worker", "prefect", "s3") if n in _expand(names, SERVICES)]
     for n in order:
         stop(n, cfg)
 

@@ -10,7 +10,7 @@ from prefect import get_run_logger, task
 
 from ecos_core import layout
 from ecos_core.auth import load_enrollment, open_signed_response
-from ecos_core.protocol import MAX_RESPONSE_BYTES, ProtocolError, decode_response
+from ecos_core.protocol import MAX_RESPONSE_BYTES, ProtocolError, Response, decode_response
 from ecos_core.store import Store, StoreError
 from tasks import catalog
 
@@ -19,9 +19,21 @@ class QuorumNotMet(RuntimeError):
     pass
 
 
-def _key_lookup(store: Store, clients: list[str]):  # noqa: ANN202
+def client_keys(store: Store, clients: list[str]):  # noqa: ANN202
     keys = {c: load_enrollment(store, c).key_b64 for c in clients}
     return keys.get  # only the round's expected clients have a key here
+
+
+def check_upload(store: Store, key: str, data: bytes, round_id: str, clients: list[str], k: int, sigma: float,
+                 key_for) -> Response:  # noqa: ANN001 (a key lookup callable)
+    """The response in an upload, if it is signed by the client it claims to be, stored
+    under that client's own name, and valid for this round; ProtocolError otherwise."""
+    inner = open_signed_response(data, store.uri(key), key_for)
+    resp = decode_response(inner, store.uri(key), expected_round=round_id, expected_k=k, sigma=sigma,
+                           known_clients=set(clients))  # fmt: skip
+    if key != layout.response(round_id, resp.client_id):
+        raise ProtocolError(f"{store.uri(key)}: client {resp.client_id!r} answered under another name")
+    return resp
 
 
 @task(name="collect-responses")
@@ -41,7 +53,7 @@ def collect_responses(
     log = get_run_logger()
     store = catalog.store(store_url)
     end = datetime.fromisoformat(deadline)
-    key_for = _key_lookup(store, clients)
+    key_for = client_keys(store, clients)
     accepted: dict[str, dict] = {}
     rejected: list[dict] = []
     seen: dict[str, str] = {}  # key -> sha256 of the bytes already judged
@@ -61,11 +73,7 @@ def collect_responses(
         try:
             if late:
                 raise ProtocolError(f"{store.uri(key)}: arrived after the deadline {deadline}")
-            inner = open_signed_response(data, store.uri(key), key_for)
-            resp = decode_response(inner, store.uri(key), expected_round=round_id, expected_k=k, sigma=sigma,
-                                   known_clients=set(clients))  # fmt: skip
-            if key != layout.response(round_id, resp.client_id):
-                raise ProtocolError(f"{store.uri(key)}: client {resp.client_id!r} answered under another name")
+            resp = check_upload(store, key, data, round_id, clients, k, sigma, key_for)
             if resp.client_id in accepted or not first_look:
                 raise ProtocolError(f"{store.uri(key)}: duplicate upload from {resp.client_id!r}; the first one is used")
         except ProtocolError as err:

@@ -34,23 +34,38 @@ def _save_model(store_url: str, round_id: str, client_id: str, method: str, stat
     return key
 
 
+def _train_once(store_url: str, cfg: RoundConfig, round_id: str, client_id: str, method: str, train: ImageSet) -> dict:
+    """Train unless this (client, method) already finished in an earlier attempt of the
+    round: its row in the store is the checkpoint a re-run resumes from."""
+    store = catalog.store(store_url)
+    row_key = layout.training_row(round_id, client_id, method)
+    if store.exists(row_key):
+        return store.read_json(row_key)
+    row, state = _fit(train, catalog.split(cfg.data, cfg.seed)[1], cfg)
+    row = {"method": method, "client_id": client_id, **row, "domains": train.domains.tolist(),
+           "model_key": _save_model(store_url, round_id, client_id, method, state)}  # fmt: skip
+    store.write_json(row_key, row)  # last: marks this model done
+    return row
+
+
 @task(name="train-on-proxy-set", **STORAGE_RETRIES)
 def train_on_selection(store_url: str, cfg: RoundConfig, round_id: str, client_id: str, method: str, selection_key: str) -> dict:
-    _, test, pool = catalog.split(cfg.data, cfg.seed)
+    pool = catalog.split(cfg.data, cfg.seed)[2]
     ids = catalog.store(store_url).read_npy(selection_key)
-    proxy = pool.subset(catalog.rows_of(ids, pool.ids))
-    row, state = _fit(proxy, test, cfg)
-    row["model_key"] = _save_model(store_url, round_id, client_id, method, state)
-    return {"method": method, "client_id": client_id, **row, "domains": proxy.domains.tolist()}
+    return _train_once(store_url, cfg, round_id, client_id, method, pool.subset(catalog.rows_of(ids, pool.ids)))
 
 
 @task(name="train-local", **STORAGE_RETRIES)
 def train_local(store_url: str, cfg: RoundConfig, round_id: str, client_id: str) -> dict:
     """Local: the same model trained on the client's own data only."""
-    train, test = client_shard(cfg, client_id), catalog.split(cfg.data, cfg.seed)[1]
-    row, state = _fit(train, test, cfg)
-    row["model_key"] = _save_model(store_url, round_id, client_id, "local", state)
-    return {"method": "local", "client_id": client_id, **row, "domains": train.domains.tolist()}
+    return _train_once(store_url, cfg, round_id, client_id, "local", client_shard(cfg, client_id))
+
+
+def read_training_rows(store_url: str, round_id: str, selections: list[dict], local_clients: list[str]) -> list[dict]:
+    """The rows a training deployment left in the store, in the order of the round."""
+    store = catalog.store(store_url)
+    pairs = [(s["client_id"], s["method"]) for s in selections] + [(c, "local") for c in local_clients]
+    return [store.read_json(layout.training_row(round_id, c, m)) for c, m in pairs]
 
 
 @task(name="domain-local-accuracy", **STORAGE_RETRIES)

@@ -187,6 +187,7 @@ def test_status_reports_running(infra: services.Config, capsys: pytest.CaptureFi
         "prefect": "running",
         "worker": "running",
         "gpu-worker": "stopped",
+        "watcher": "stopped",
     }
     assert st["prefect"]["healthy"] is True
     assert all(st[n]["pid"] for n in ("s3", "prefect", "worker"))

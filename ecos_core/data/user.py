@@ -18,6 +18,7 @@ kept, matching the built-in 28x28 domains).
 from __future__ import annotations
 
 import contextlib
+import os
 import io
 import posixpath
 from collections.abc import Iterator
@@ -289,3 +290,13 @@ def load_dataset(
     else:
         data = load_image_folder(spec, size=size, domain=domain)
     return subsample(data, max_samples, seed)
+
+
+def save_image_folder(data: ImageSet, root: str) -> int:
+    """Write `data` as root/<label>/<n>.png, the layout load_image_folder reads (e.g. to
+    give a simulated device its images). Returns the number of files written."""
+    for i, (image, label) in enumerate(zip(data.images, data.labels)):
+        folder = os.path.join(root, str(int(label)))
+        os.makedirs(folder, exist_ok=True)
+        Image.fromarray(image).save(os.path.join(folder, f"{i:06d}.png"))
+    return len(data)

@@ -1,0 +1,128 @@
+"""CI smoke test of the deployed pipeline against the real services.
+
+    python -m infra.smoke
+
+Starts the S3 server and the Prefect server (own ports, a temporary state folder),
+deploys prefect.yaml, starts a worker and the watcher, enrolls a device, starts the
+`ecos-smoke` deployment, and plays the device through the real path: it gets its
+invitation, answers with no storage or Prefect credentials, and uploads through the
+pre-signed URL. Asserts that the round completes, that it waited without holding the
+worker (Suspended state seen), and that the artifacts are in the bucket. Every service
+is stopped by PID at the end, also when a step fails.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def step(msg: str) -> None:
+    print(f"smoke [{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def run(cmd: list[str], env: dict[str, str], **kw) -> subprocess.CompletedProcess:
+    out = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, **kw)
+    if out.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd[:4])} failed ({out.returncode}):\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
+    return out
+
+
+def wait_for_state(run_id: str, env: dict[str, str], timeout_s: float) -> list[str]:
+    """Poll the flow run until it is final; return the state names it went through."""
+    seen: list[str] = []
+    end = time.monotonic() + timeout_s
+    while time.monotonic() < end:
+        with urllib.request.urlopen(f"{env['PREFECT_API_URL']}/flow_runs/{run_id}", timeout=10) as resp:
+            state = json.load(resp)["state"] or {}
+        if state.get("name") and (not seen or seen[-1] != state["name"]):
+            seen.append(state["name"])
+            step(f"flow run state: {state['name']}")
+        if state.get("type") in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
+            return seen
+        time.sleep(1.0)
+    raise TimeoutError(f"flow run {run_id} not final after {timeout_s:.0f} s; states {seen}")
+
+
+def main() -> int:
+    state_dir = Path(tempfile.mkdtemp(prefix="ecos-smoke-"))
+    env = {**os.environ, "ECOS_INFRA_DIR": str(state_dir / "infra"), "ECOS_S3_PORT": str(free_port()),
+           "ECOS_PREFECT_PORT": str(free_port()), "ECOS_S3_PREFIX": "smoke", "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+           "ECOS_S3_KEY": "ecos-ci-key", "ECOS_S3_SECRET": os.urandom(12).hex()}  # fmt: skip
+    services = [str(BIN / "python"), "-m", "infra.services"]
+    start = time.monotonic()
+    try:
+        step("starting the S3 server and the Prefect server")
+        run([*services, "up", "s3", "prefect"], env, timeout=240)
+        env.update(line.removeprefix("export ").split("=", 1) for line in
+                   run([*services, "env"], env).stdout.split("\n") if line.startswith("export "))  # fmt: skip
+        env = {k: v.strip("'\"") for k, v in env.items()}
+        step("deploying prefect.yaml")
+        run([str(BIN / "python"), "-m", "infra.deploy"], env, timeout=300)
+        step("starting a worker and the watcher")
+        run([*services, "up", "worker", "watcher"], env, timeout=240)
+
+        device = state_dir / "device"
+        ecos = str(BIN / "ecos")
+        run([ecos, "clients", "enroll", "ci-device", "--out", str(device / "enrollment.json")], env)
+        run([ecos, "data", "export", "builtin:mnistm", "--max-samples", "80", "--seed", "7", "--out", str(device / "images")], env)
+        round_id = f"ci-{int(time.time())}"
+        step(f"starting deployment ecos-round/ecos-smoke, round {round_id}")
+        out = run([str(BIN / "prefect"), "deployment", "run", "ecos-round/ecos-smoke", "--param", f"round_id={round_id}"], env)
+        run_id = next(line.split()[-1] for line in out.stdout.splitlines() if "UUID" in line)
+
+        run([ecos, "clients", "invitation", "ci-device", "--round", round_id, "--out", str(device / "invite.json"),
+             "--wait", "240"], env)  # fmt: skip
+        # The device: no storage keys, no Prefect API, only its invitation and enrollment.
+        device_env = {k: v for k, v in env.items() if not k.startswith(("ECOS_S3", "AWS_", "PREFECT_API"))}
+        answer = run([ecos, "client", "respond", "--invite", str(device / "invite.json"), "--enrollment",
+                      str(device / "enrollment.json"), "--ledger", str(device / "ledger.json"), "--data",
+                      str(device / "images"), "--no-progress"], device_env)  # fmt: skip
+        step(answer.stdout.strip())
+
+        states = wait_for_state(run_id, env, timeout_s=300)
+        assert states[-1] == "Completed", f"smoke round ended {states[-1]}; states {states}"
+        assert "Suspended" in states, f"the round never suspended (states {states}): it held its worker"
+
+        import s3fs
+
+        fs = s3fs.S3FileSystem(key=env["ECOS_S3_KEY"], secret=env["ECOS_S3_SECRET"],
+                               client_kwargs={"endpoint_url": env["ECOS_S3_ENDPOINT"]})  # fmt: skip
+        prefix = env["ECOS_STORE"].removeprefix("s3://") + f"/rounds/{round_id}"
+        stored = {p.removeprefix(prefix + "/") for p in fs.find(prefix)}
+        for name in ("report.md", "results.csv", "results.png", "manifest.json", "ledger.json", "probe/probe.json",
+                     "probe/centroids.npy", "responses/ci-device.json", "accepted/ci-device.json",
+                     "selections/ci-device/ecos.npy", "models/ci-device/ecos.pt"):  # fmt: skip
+            assert name in stored, f"{name} missing from s3://{prefix}: {sorted(stored)}"
+        step(f"smoke passed in {time.monotonic() - start:.0f} s: round {round_id} Completed, {len(stored)} objects in the bucket")
+        return 0
+    except Exception as err:  # noqa: BLE001 - report, then tear down
+        import traceback
+
+        traceback.print_exc()
+        step(f"FAILED: {type(err).__name__}: {err}")
+        for log in sorted((state_dir / "infra").glob("**/*.log")):
+            print(f"--- {log.name} (tail)\n{log.read_text(errors='replace')[-2500:]}", flush=True)
+        return 1
+    finally:
+        subprocess.run([*services, "down"], env=env, cwd=REPO)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
