@@ -60,6 +60,36 @@ def wait_for_state(run_id: str, env: dict[str, str], timeout_s: float) -> list[s
     raise TimeoutError(f"flow run {run_id} not final after {timeout_s:.0f} s; states {seen}")
 
 
+def _api(env: dict[str, str], path: str, body: dict | None = None) -> object:
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(f"{env['PREFECT_API_URL']}{path}", data=data, method="POST" if data else "GET",
+                                 headers={"Content-Type": "application/json"})  # fmt: skip
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        return json.load(resp)
+
+
+def report_overhead(run_id: str, env: dict[str, str]) -> None:
+    """Orchestration overhead of the round: its running time not spent inside tasks.
+    Suspended time (waiting for the device) is not running time, so it is not counted."""
+    flow = _api(env, f"/flow_runs/{run_id}")
+    children = _api(env, "/flow_runs/filter", {"flow_runs": {"parent_flow_run_id": {"operator": "or_", "any_": [run_id]}}})
+    runs = [run_id] + [c["id"] for c in children]  # type: ignore[union-attr]
+    tasks = _api(env, "/task_runs/filter", {"flow_runs": {"id": {"any_": runs}}, "limit": 200})
+    inside = sum(t["total_run_time"] for t in tasks if t.get("total_run_time"))  # type: ignore[union-attr]
+    running = flow["total_run_time"]  # type: ignore[index]
+    from datetime import datetime
+
+    states = sorted(_api(env, f"/flow_run_states/?flow_run_id={run_id}"), key=lambda st: st["timestamp"])  # type: ignore[arg-type]
+    stamps = [datetime.fromisoformat(st["timestamp"]) for st in states] + [datetime.fromisoformat(flow["end_time"])]  # type: ignore[index]
+    spent: dict[str, float] = {}
+    for st, t0, t1 in zip(states, stamps, stamps[1:]):
+        spent[st["name"]] = spent.get(st["name"], 0.0) + (t1 - t0).total_seconds()
+    wall = (stamps[-1] - stamps[0]).total_seconds() - spent.get("Suspended", 0.0)
+    step(f"overhead: {wall:.1f} s of wall time outside the wait for the device, {inside:.1f} s inside {len(tasks)} "
+         f"task runs; running {running:.1f} s (orchestration inside running flows: {running - inside:+.1f} s); "
+         f"time per state: " + ", ".join(f"{k} {v:.1f} s" for k, v in spent.items()))  # fmt: skip
+
+
 def main() -> int:
     state_dir = Path(tempfile.mkdtemp(prefix="ecos-smoke-"))
     env = {**os.environ, "ECOS_INFRA_DIR": str(state_dir / "infra"), "ECOS_S3_PORT": str(free_port()),
@@ -110,6 +140,7 @@ def main() -> int:
                      "probe/centroids.npy", "responses/ci-device.json", "accepted/ci-device.json",
                      "selections/ci-device/ecos.npy", "models/ci-device/ecos.pt"):  # fmt: skip
             assert name in stored, f"{name} missing from s3://{prefix}: {sorted(stored)}"
+        report_overhead(run_id, env)
         step(f"smoke passed in {time.monotonic() - start:.0f} s: round {round_id} Completed, {len(stored)} objects in the bucket")
         return 0
     except Exception as err:  # noqa: BLE001 - report, then tear down
