@@ -450,7 +450,8 @@ def _prefect_healthy(cfg: Config) -> bool:
 def _start_prefect(cfg: Config) -> Record:
     cfg.prefect_home.mkdir(parents=True, exist_ok=True)
     cmd = [cfg.prefect_bin, "server", "start", "--host", HOST, "--port", str(cfg.prefect_port)]
-    rec = _launch(cfg, "prefect", cmd, _prefect_env(cfg), cfg.prefect_url, cfg.run_dir)
+    env = {**_prefect_env(cfg), "PREFECT_UI_API_URL": cfg.prefect_api_url}  # else the UI calls :4200
+    rec = _launch(cfg, "prefect", cmd, env, cfg.prefect_url, cfg.run_dir)
     rec.ready_s = _wait_ready(
         rec, lambda: _prefect_healthy(cfg), PREFECT_READY_TIMEOUT, f"Prefect server on port {cfg.prefect_port}"
     )

@@ -90,6 +90,18 @@ def report_overhead(run_id: str, env: dict[str, str]) -> None:
          f"time per state: " + ", ".join(f"{k} {v:.1f} s" for k, v in spent.items()))  # fmt: skip
 
 
+def screenshots(env: dict[str, str], run_id: str, out: Path) -> None:
+    """What a person sees in the Prefect UI: the deployments and the smoke round's run page."""
+    ui = env["PREFECT_API_URL"].removesuffix("/api")
+    out.mkdir(parents=True, exist_ok=True)
+    for name, page in (("deployments", "/deployments"), ("flow-run", f"/runs/flow-run/{run_id}")):
+        subprocess.run(["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                        "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                        f"--user-data-dir={tempfile.mkdtemp()}", "--window-size=1400,1000", "--virtual-time-budget=15000",
+                        f"--screenshot={out / name}.png", ui + page], capture_output=True, timeout=90)  # fmt: skip
+        step(f"screenshot {out / name}.png")
+
+
 def main() -> int:
     state_dir = Path(tempfile.mkdtemp(prefix="ecos-smoke-"))
     env = {**os.environ, "ECOS_INFRA_DIR": str(state_dir / "infra"), "ECOS_S3_PORT": str(free_port()),
@@ -113,9 +125,12 @@ def main() -> int:
         run([ecos, "clients", "enroll", "ci-device", "--out", str(device / "enrollment.json")], env)
         run([ecos, "data", "export", "builtin:mnistm", "--max-samples", "80", "--seed", "7", "--out", str(device / "images")], env)
         round_id = f"ci-{int(time.time())}"
-        step(f"starting deployment ecos-round/ecos-smoke, round {round_id}")
-        out = run([str(BIN / "prefect"), "deployment", "run", "ecos-round/ecos-smoke", "--param", f"round_id={round_id}"], env)
-        run_id = next(line.split()[-1] for line in out.stdout.splitlines() if "UUID" in line)
+        step(f"starting deployment ecos-round/ecos-smoke the way the UI does (API create_flow_run), round {round_id}")
+        deployment = _api(env, "/deployments/name/ecos-round/ecos-smoke")
+        created = _api(env, f"/deployments/{deployment['id']}/create_flow_run", {"parameters": {"round_id": round_id}})  # type: ignore[index]
+        run_id = created["id"]  # type: ignore[index]
+        nightly = _api(env, "/deployments/name/ecos-index/ecos-index-nightly")
+        assert nightly["schedules"], "the index deployment has no schedule"  # type: ignore[index]
 
         run([ecos, "clients", "invitation", "ci-device", "--round", round_id, "--out", str(device / "invite.json"),
              "--wait", "240"], env)  # fmt: skip
@@ -141,6 +156,8 @@ def main() -> int:
                      "selections/ci-device/ecos.npy", "models/ci-device/ecos.pt"):  # fmt: skip
             assert name in stored, f"{name} missing from s3://{prefix}: {sorted(stored)}"
         report_overhead(run_id, env)
+        if os.environ.get("ECOS_SMOKE_SCREENSHOTS"):
+            screenshots(env, run_id, Path(os.environ["ECOS_SMOKE_SCREENSHOTS"]))
         step(f"smoke passed in {time.monotonic() - start:.0f} s: round {round_id} Completed, {len(stored)} objects in the bucket")
         return 0
     except Exception as err:  # noqa: BLE001 - report, then tear down
