@@ -155,6 +155,10 @@ def main() -> int:
                      "probe/centroids.npy", "responses/ci-device.json", "accepted/ci-device.json",
                      "selections/ci-device/ecos.npy", "models/ci-device/ecos.pt"):  # fmt: skip
             assert name in stored, f"{name} missing from s3://{prefix}: {sorted(stored)}"
+        bucket = env["ECOS_STORE"].removeprefix("s3://").split("/", 1)[0]
+        results = fs.find(f"{bucket}/prefect-results")
+        assert results, "no Prefect results persisted in the bucket"
+        step(f"{len(results)} Prefect task/flow results persisted in s3://{bucket}/prefect-results")
         report_overhead(run_id, env)
         if os.environ.get("ECOS_SMOKE_SCREENSHOTS"):
             screenshots(env, run_id, Path(os.environ["ECOS_SMOKE_SCREENSHOTS"]))
