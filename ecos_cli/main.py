@@ -84,7 +84,8 @@ def _print_report(out: dict) -> None:
 
     from ecos_core.report import markdown_table
 
-    results = pd.DataFrame(out["results"])
+    columns = ["client_id", "method", "accuracy", "client_domain_share", "distractor_share", "epsilon", "bytes_down", "bytes_up"]
+    results = pd.DataFrame(out["results"])[columns]  # the report has every column (times, epochs, loss)
     typer.echo("\nResults (client test accuracy, privacy ε, bytes to/from the client):\n")
     typer.echo(markdown_table(results))
     if out["domains"]:

@@ -26,9 +26,13 @@ def domain_mix(domains_by_method: dict[str, list[str]]) -> pd.DataFrame:
 def results_plot(results: pd.DataFrame, mix: pd.DataFrame, title: str) -> bytes:
     """Left: client test accuracy by method. Right: domain mix of each proxy set."""
     fig, (ax_acc, ax_mix) = plt.subplots(1, 2, figsize=(11, 4.2))
-    ordered = results.set_index("method").reindex([m for m in METHOD_ORDER if m in set(results["method"])])
-    bars = ax_acc.bar(ordered.index, ordered["accuracy"] * 100, color="#4c72b0")
-    ax_acc.bar_label(bars, fmt="%.1f")
+    # one bar per client within each method (several clients per round)
+    table = results.pivot_table(index="method", columns="client_id", values="accuracy") * 100
+    table = table.reindex([m for m in METHOD_ORDER if m in table.index])
+    table.plot.bar(ax=ax_acc, rot=0, width=0.75, legend=table.shape[1] > 1)
+    for bars in ax_acc.containers:
+        ax_acc.bar_label(bars, fmt="%.1f", fontsize=8)
+    ax_acc.set_xlabel("")
     ax_acc.set_ylabel("client test accuracy (%)")
     ax_acc.set_ylim(0, 105)
     ax_acc.set_title("accuracy by method")

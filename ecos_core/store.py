@@ -6,9 +6,12 @@ allow_pickle=False, metadata is JSON; nothing here ever unpickles.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import uuid
+from collections.abc import Iterator
+from datetime import datetime, timezone
 from typing import Any
 
 import fsspec
@@ -17,6 +20,19 @@ import numpy as np
 
 class StoreError(RuntimeError):
     """The store cannot be reached or an object cannot be read/written; names the URL."""
+
+
+@contextlib.contextmanager
+def _backend_errors(where: str) -> Iterator[None]:
+    """Backend failures (botocore's EndpointConnectionError, OSError, ...) become one
+    StoreError naming the store URL, so retries and messages treat them alike. Missing
+    and already-existing objects keep their own meaning."""
+    try:
+        yield
+    except (FileNotFoundError, FileExistsError, StoreError, ValueError):
+        raise
+    except Exception as err:  # noqa: BLE001 - any other backend error is "store unavailable"
+        raise StoreError(f"{where}: store unavailable ({type(err).__name__}: {err})") from err
 
 
 class Store:
@@ -79,17 +95,28 @@ class Store:
 
     # ------------------------------------------------------------ bytes
     def exists(self, key: str) -> bool:
-        return bool(self.fs.exists(self.path(key)))
+        with _backend_errors(self.uri(key)):
+            return bool(self.fs.exists(self.path(key)))
 
     def size(self, key: str) -> int:
-        return int(self.fs.size(self.path(key)))
+        with _backend_errors(self.uri(key)):
+            return int(self.fs.size(self.path(key)))
+
+    def version(self, key: str) -> tuple[int, datetime]:
+        """(size, last modified, UTC) of an object: tells a changed upload from a re-read
+        one, and an upload that landed after a deadline."""
+        with _backend_errors(self.uri(key)):
+            info = self.fs.info(self.path(key))
+            modified = info.get("LastModified") or datetime.fromtimestamp(info["mtime"], timezone.utc)
+            return int(info["size"]), modified.astimezone(timezone.utc)
 
     def read_bytes(self, key: str, max_bytes: int | None = None) -> bytes:
         path = self.path(key)
         try:
-            if max_bytes is not None and (size := self.fs.size(path)) > max_bytes:
-                raise StoreError(f"{self.uri(key)}: {size} bytes, larger than the {max_bytes}-byte limit")
-            return self.fs.cat_file(path)
+            with _backend_errors(self.uri(key)):
+                if max_bytes is not None and (size := self.fs.size(path)) > max_bytes:
+                    raise StoreError(f"{self.uri(key)}: {size} bytes, larger than the {max_bytes}-byte limit")
+                return self.fs.cat_file(path)
         except FileNotFoundError:
             raise FileNotFoundError(f"{self.uri(key)}: no such object in the store") from None
 
@@ -98,8 +125,12 @@ class Store:
         FileExistsError raised. Local writes go to a temporary name first and are
         renamed, so a reader never sees half an object."""
         path = self.path(key)
-        if not overwrite and self.fs.exists(path):
+        if not overwrite and self.exists(key):
             raise FileExistsError(f"{self.uri(key)} already exists; not overwritten")
+        with _backend_errors(self.uri(key)):
+            self._write(path, data)
+
+    def _write(self, path: str, data: bytes) -> None:
         parent = path.rsplit("/", 1)[0]
         if self.is_local:
             self.fs.makedirs(parent, exist_ok=True)
@@ -113,7 +144,8 @@ class Store:
         """Keys directly under `prefix` (files only, sorted); [] when there are none."""
         self.invalidate()
         try:
-            entries = self.fs.ls(self.path(prefix), detail=True)
+            with _backend_errors(self.uri(prefix)):
+                entries = self.fs.ls(self.path(prefix), detail=True)
         except FileNotFoundError:
             return []
         names = [e["name"].rstrip("/").rsplit("/", 1)[-1] for e in entries if e["type"] == "file"]

@@ -4,6 +4,7 @@ pre-signed http(s) URL. Standard library only: the device needs no cloud SDK."""
 from __future__ import annotations
 
 import os
+import re
 import urllib.error
 import urllib.request
 from urllib.parse import urlparse
@@ -15,6 +16,20 @@ class TransportError(RuntimeError):
 
 def _public(url: str) -> str:
     return url.split("?", 1)[0]  # never print a pre-signed URL's signature
+
+
+def _s3_reason(err: urllib.error.HTTPError) -> str:
+    """The S3 error code and message of a refused request, with a hint for expiry
+    (rclone answers an expired pre-signed URL with 400 AccessDenied, AWS with 403)."""
+    try:
+        body = err.read(4096).decode("utf-8", "replace")
+    except Exception:  # noqa: BLE001 - the body is only a hint
+        return ""
+    code = re.search(r"<Code>(.*?)</Code>", body)
+    message = re.search(r"<Message>(.*?)</Message>", body)
+    text = f": {code.group(1) if code else ''} {message.group(1) if message else ''}".rstrip()
+    expired = "expired" in body.lower() or "request time" in body.lower()
+    return text + (" (the pre-signed URL expired: the round's deadline has passed)" if expired else "")
 
 
 def fetch(url: str, max_bytes: int, timeout_s: float = 30.0) -> bytes:
@@ -30,7 +45,7 @@ def fetch(url: str, max_bytes: int, timeout_s: float = 30.0) -> bytes:
             with urllib.request.urlopen(url, timeout=timeout_s) as resp:  # noqa: S310 (scheme checked)
                 data = resp.read(max_bytes + 1)
         except urllib.error.HTTPError as err:
-            raise TransportError(f"{_public(url)}: HTTP {err.code} {err.reason}") from None
+            raise TransportError(f"{_public(url)}: HTTP {err.code} {err.reason}{_s3_reason(err)}") from None
         except (urllib.error.URLError, TimeoutError, ConnectionError) as err:
             raise TransportError(f"{_public(url)}: unreachable ({err})") from None
     else:
@@ -59,7 +74,6 @@ def put(url: str, data: bytes, timeout_s: float = 30.0) -> None:
         with urllib.request.urlopen(request, timeout=timeout_s):  # noqa: S310 (scheme checked)
             return
     except urllib.error.HTTPError as err:
-        hint = " (the upload URL expired: the round's deadline has passed)" if err.code == 403 else ""
-        raise TransportError(f"{_public(url)}: HTTP {err.code} {err.reason}{hint}") from None
+        raise TransportError(f"{_public(url)}: HTTP {err.code} {err.reason}{_s3_reason(err)}") from None
     except (urllib.error.URLError, TimeoutError, ConnectionError) as err:
         raise TransportError(f"{_public(url)}: unreachable ({err})") from None

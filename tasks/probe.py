@@ -3,6 +3,7 @@ invitation per client (pre-signed URLs + the probe's MAC under that client's key
 
 from __future__ import annotations
 
+import math
 from datetime import datetime, timedelta, timezone
 
 from prefect import get_run_logger, task
@@ -35,9 +36,10 @@ def publish_probe(
         probe, probe_json, npy = encode_probe(round_id, centroids, BackboneSpec(**backbone), sigma, delta, deadline)
         keys = {c: load_enrollment(store, c).key_b64 for c in clients}  # fails before anything is written
         # centroids first, probe.json last: whoever sees probe.json finds a complete probe
-        store.write_bytes(npy_key, npy, overwrite=False)
+        store.write_bytes(npy_key, npy)  # may be left by a failed attempt: unseen until probe.json exists
         store.write_bytes(json_key, probe_json, overwrite=False)
-        expires = max(1, int((probe.deadline - datetime.now(timezone.utc)).total_seconds()))
+        # +2 s: signing times are whole seconds; the collector judges lateness by the deadline itself
+        expires = math.ceil((probe.deadline - datetime.now(timezone.utc)).total_seconds()) + 2
         for client_id, key in keys.items():
             invitation = Invitation(
                 round_id=round_id, client_id=client_id, deadline=probe.deadline,

@@ -14,6 +14,7 @@ from ecos_core.privacy import gaussian_epsilon
 from ecos_core.report import domain_mix, markdown_table, results_plot
 from tasks import catalog
 from tasks.common import STORAGE_RETRIES
+from tasks.simulation import client_shard
 
 COLUMNS = ["client_id", "method", "accuracy", "proxy_size", "client_domain_share", "distractor_share", "epsilon",
            "bytes_down", "bytes_up", "select_s", "train_s", "epochs", "final_loss"]  # fmt: skip
@@ -30,7 +31,8 @@ def results_frame(cfg: RoundConfig, runs: list[dict], selections: list[dict], pr
         up = responses["accepted"].get(client, {}).get("bytes", 0)
         cost = {  # (ε, bytes down, bytes up) of what the method needs from the client
             "ecos": (eps, probe["bytes"], up),
-            "oracle": (float("inf"), 0, 4 * probe["dim"] * run["proxy_size"]),  # true features, no privacy
+            # the oracle needs the client's true features: every local sample's d floats, no privacy
+            "oracle": (float("inf"), 0, 4 * probe["dim"] * len(client_shard(cfg, client))),
             "local": (0.0, 0, 0),
         }.get(method, (0.0, 0, 0))
         rows.append({**run, "epsilon": cost[0], "bytes_down": cost[1], "bytes_up": cost[2],

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import time
 from datetime import datetime, timezone
 
@@ -45,55 +44,61 @@ def collect_responses(
     (wait=False: one pass, for a round resumed after the watcher saw the uploads).
 
     A response is used only if its signature verifies with the claimed client's key, it is
-    stored under that client's own name, and it passes protocol validation. The accepted
-    bytes are copied to rounds/<id>/accepted/ (cloud-only), so a later overwrite of the
-    upload changes nothing; it is recorded as a duplicate. Everything refused is in
-    rounds/<id>/ledger.json with its reason.
+    stored under that client's own name, it passes protocol validation, and the object
+    was last modified before the deadline. The first accepted bytes are copied to
+    rounds/<id>/accepted/ (cloud-only, never overwritten): a re-run of the round reads
+    them back, so a later overwrite of the upload changes nothing; it is ledgered as a
+    duplicate. Every refusal is in rounds/<id>/ledger.json with its reason, once per
+    version of an object.
     """
     log = get_run_logger()
     store = catalog.store(store_url)
     end = datetime.fromisoformat(deadline)
     key_for = client_keys(store, clients)
-    accepted: dict[str, dict] = {}
-    rejected: list[dict] = []
-    seen: dict[str, str] = {}  # key -> sha256 of the bytes already judged
     start = time.perf_counter()
+    accepted: dict[str, dict] = {}
+    for client_id in clients:  # answers accepted by an earlier attempt of this round stay accepted
+        copy = layout.accepted(round_id, client_id)
+        if store.exists(copy):
+            data = store.read_bytes(copy, MAX_RESPONSE_BYTES)
+            resp = check_upload(store, layout.response(round_id, client_id), data, round_id, clients, k, sigma, key_for)
+            accepted[client_id] = {"scores": resp.scores().tolist(), "bytes": len(data), "received_after_s": 0.0}
+    rejected: list[dict] = []
+    judged: dict[str, tuple] = {}  # key -> (size, modified) of the version already judged
 
-    def judge(key: str, late: bool) -> None:
+    def judge(key: str) -> None:
         try:
-            data = store.read_bytes(key, max_bytes=MAX_RESPONSE_BYTES)
-        except (StoreError, FileNotFoundError) as err:
-            rejected.append({"key": key, "reason": str(err)})
+            version = store.version(key)
+        except FileNotFoundError:
             return
-        digest = hashlib.sha256(data).hexdigest()
-        if seen.get(key) == digest:
+        if judged.get(key) == version:
             return
-        first_look = key not in seen
-        seen[key] = digest
+        judged[key] = version
+        size, modified = version
         try:
-            if late:
-                raise ProtocolError(f"{store.uri(key)}: arrived after the deadline {deadline}")
+            if modified > end:
+                raise ProtocolError(f"{store.uri(key)}: arrived after the deadline {deadline} (at {modified.isoformat()})")
+            if size > MAX_RESPONSE_BYTES:
+                raise ProtocolError(f"{store.uri(key)}: {size} bytes, larger than the {MAX_RESPONSE_BYTES}-byte limit")
+            data = store.read_bytes(key)
             resp = check_upload(store, key, data, round_id, clients, k, sigma, key_for)
-            if resp.client_id in accepted or not first_look:
+            if resp.client_id in accepted:
                 raise ProtocolError(f"{store.uri(key)}: duplicate upload from {resp.client_id!r}; the first one is used")
+            store.write_bytes(layout.accepted(round_id, resp.client_id), data, overwrite=False)
         except ProtocolError as err:
             rejected.append({"key": key, "reason": str(err)})
             log.warning("response refused: %s", err)
             return
-        store.write_bytes(layout.accepted(round_id, resp.client_id), data)
         accepted[resp.client_id] = {"scores": resp.scores().tolist(), "bytes": len(data),
                                     "received_after_s": round(time.perf_counter() - start, 2)}  # fmt: skip
         log.info("response from %s accepted (%d bytes)", resp.client_id, len(data))
 
     while True:
         for key in store.list(layout.responses_prefix(round_id)):
-            judge(key, late=False)
+            judge(key)
         if not wait or len(accepted) == len(clients) or datetime.now(timezone.utc) >= end:
             break
         time.sleep(poll_s)
-    if datetime.now(timezone.utc) >= end:  # uploads that raced the deadline are late
-        for key in store.list(layout.responses_prefix(round_id)):
-            judge(key, late=True)
     missing = sorted(set(clients) - set(accepted))
     ledger = {"round_id": round_id, "accepted": {c: {k_: v for k_, v in a.items() if k_ != "scores"} for c, a in accepted.items()},
               "rejected": rejected, "missing": missing, "quorum": quorum, "deadline": deadline}  # fmt: skip

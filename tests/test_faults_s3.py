@@ -227,9 +227,6 @@ def test_round_on_s3_collects_selects_and_trains_both_clients(round1, s3, store_
     assert sorted(store.read_json(layout.round_key(R1, "ledger.json"))["accepted"]) == CLIENTS
 
 
-@pytest.mark.xfail(strict=True, reason="bug: ecos_core/report.py:29 results_plot does results.set_index('method').reindex(...)"
-                   ", which raises 'cannot reindex on an axis with duplicate labels' as soon as a round has two "
-                   "clients: write_report fails, no results.png/manifest.json")  # fmt: skip
 def test_round_end_to_end_on_s3(round1, s3, store_url):
     assert round1.error is None, f"{type(round1.error).__name__}: {round1.error}"
     store = catalog.store(store_url)
@@ -358,9 +355,6 @@ def test_duplicate_upload_through_presigned_url_first_answer_used(unit, quiet_ta
     ]
 
 
-@pytest.mark.xfail(strict=True, reason="bug: tasks/responses.py collect_responses never reads accepted/ back, so a "
-                   "re-run of the collector (round re-run after a crash) uses an overwritten upload and overwrites "
-                   "accepted/<client>.json")  # fmt: skip
 def test_duplicate_upload_seen_by_a_rerun_of_the_collector_keeps_the_first(unit, quiet_tasks):
     """The docstring: "The accepted bytes are copied to rounds/<id>/accepted/ (cloud-only),
     so a later overwrite of the upload changes nothing; it is recorded as a duplicate"."""
@@ -378,9 +372,6 @@ def test_duplicate_upload_seen_by_a_rerun_of_the_collector_keeps_the_first(unit,
     assert any("duplicate" in r["reason"] for r in out["rejected"])
 
 
-@pytest.mark.xfail(strict=True, reason="bug: tasks/responses.py judge() refuses any changed upload under a key judged "
-                   "before (`or not first_look`), even when that first upload was refused: a forgery pre-placed "
-                   "under a client's name locks the genuine client out as a 'duplicate'")  # fmt: skip
 def test_forgery_under_the_victims_name_does_not_lock_the_victim_out(unit, quiet_tasks, monkeypatch):
     """client-0 (enrolled) writes, under client-1's own key name, an answer claiming to be
     client-1 (signed with client-0's key). The collector must refuse it (bad signature)
@@ -399,8 +390,6 @@ def test_forgery_under_the_victims_name_does_not_lock_the_victim_out(unit, quiet
     assert unit.store.read_bytes(layout.accepted(rid, "client-1")) == genuine
 
 
-@pytest.mark.xfail(strict=True, reason="bug: tasks/responses.py judge() appends a StoreError (oversized upload) to the "
-                   "ledger on every poll: one refused upload becomes one ledger row per poll")  # fmt: skip
 def test_oversized_upload_is_ledgered_once(unit, quiet_tasks, monkeypatch):
     rid = f"f-big-{uuid.uuid4().hex[:6]}"
     probe, inv = publish(unit, rid, 60, ["client-0"])
@@ -418,26 +407,22 @@ def test_oversized_upload_is_ledgered_once(unit, quiet_tasks, monkeypatch):
 def test_presigned_put_after_the_deadline_is_refused(unit, quiet_tasks):
     rid = f"f-late-{uuid.uuid4().hex[:6]}"
     probe, inv = publish(unit, rid, 1.0)
-    time.sleep(max(0.0, (datetime.fromisoformat(probe["deadline"]) - datetime.now(timezone.utc)).total_seconds()) + 1.2)
+    time.sleep(max(0.0, (datetime.fromisoformat(probe["deadline"]) - datetime.now(timezone.utc)).total_seconds()) + 3.5)
     with pytest.raises(transport.TransportError) as err:
         transport.put(inv["client-0"].response_url, signed(rid, "client-0", [1.0] * K, unit.keys["client-0"]))
     assert "X-Amz-Signature" not in str(err.value)  # the signature is never printed
     assert not unit.store.exists(layout.response(rid, "client-0"))
 
 
-@pytest.mark.xfail(strict=True, reason="bug: ecos_core/transport.py put() explains only HTTP 403 as an expired URL; "
-                   "rclone answers an expired pre-signed URL with HTTP 400 AccessDenied, so the message never "
-                   "mentions the deadline")  # fmt: skip
 def test_presigned_put_after_the_deadline_says_the_deadline_passed(unit, quiet_tasks):
     rid = f"f-late2-{uuid.uuid4().hex[:6]}"
     probe, inv = publish(unit, rid, 1.0)
-    time.sleep(max(0.0, (datetime.fromisoformat(probe["deadline"]) - datetime.now(timezone.utc)).total_seconds()) + 1.2)
+    # the URLs outlive the deadline by ≤ 3 s (whole-second signing); lateness itself is judged by the collector
+    time.sleep(max(0.0, (datetime.fromisoformat(probe["deadline"]) - datetime.now(timezone.utc)).total_seconds()) + 3.5)
     with pytest.raises(transport.TransportError, match="deadline"):
         transport.put(inv["client-0"].response_url, signed(rid, "client-0", [1.0] * K, unit.keys["client-0"]))
 
 
-@pytest.mark.xfail(strict=True, reason="bug: tasks/probe.py publish_probe truncates the URLs' lifetime with int(): the "
-                   "upload URL expires up to ~2 s before the probe's deadline, refusing a client still on time")  # fmt: skip
 def test_presigned_put_before_the_deadline_is_accepted(unit, quiet_tasks):
     rid = f"f-ontime-{uuid.uuid4().hex[:6]}"
     probe, inv = publish(unit, rid, 2.0)
@@ -448,14 +433,11 @@ def test_presigned_put_before_the_deadline_is_accepted(unit, quiet_tasks):
     assert unit.store.exists(layout.response(rid, "client-0"))
 
 
-@pytest.mark.xfail(strict=True, reason="bug: tasks/responses.py collect_responses judges its first pass after the "
-                   "deadline with late=False, so an object written after the deadline is accepted (the late pass "
-                   "then skips it as already seen)")  # fmt: skip
 def test_object_placed_after_the_deadline_is_recorded_late(unit, quiet_tasks, monkeypatch):
     """client-0 answers on time; client-1's answer is written with bucket credentials
     after the deadline, while the collector still polls (it waits for client-1)."""
     rid = f"f-late3-{uuid.uuid4().hex[:6]}"
-    probe, inv = publish(unit, rid, 1.0)
+    probe, inv = publish(unit, rid, 4.0)  # room for client-0's on-time write on a busy machine
     unit.store.write_bytes(layout.response(rid, "client-0"), signed(rid, "client-0", [1.0] * K, unit.keys["client-0"]))
     deadline = datetime.fromisoformat(probe["deadline"])
     placed = []
@@ -516,9 +498,6 @@ def test_s3_stopped_mid_round_fails_fast_and_restart_keeps_valid_objects(s3, uni
     assert got.k == K and centroids.shape == (K, FEATURE_DIM)
 
 
-@pytest.mark.xfail(strict=True, reason="bug: ecos_core/store.py Store lets botocore's EndpointConnectionError through "
-                   "(not StoreError, not builtins.ConnectionError), so tasks.common's retry condition never retries "
-                   "an unreachable S3 store")  # fmt: skip
 def test_s3_down_is_a_retryable_store_error(s3, unit):
     from tasks.common import RETRYABLE
 
@@ -561,8 +540,6 @@ def test_publish_interrupted_leaves_no_valid_looking_probe(s3, unit, quiet_tasks
     assert unit.store.list(layout.round_key(rid, "invites")) == []  # and no client was invited
 
 
-@pytest.mark.xfail(strict=True, reason="bug: tasks/probe.py publish_probe writes centroids.npy with overwrite=False, so "
-                   "after a crash between centroids.npy and probe.json every retry fails with FileExistsError")  # fmt: skip
 def test_publish_resumes_after_an_interruption(s3, unit, quiet_tasks, monkeypatch):
     rid = f"f-half2-{uuid.uuid4().hex[:6]}"
     _publish_killed_after_centroids(s3, unit, monkeypatch, rid)
