@@ -13,7 +13,7 @@ environment or a ``.env`` file in the repo root (the environment wins).
 
 CLI (from the repo root)::
 
-    python -m infra.services up [s3|prefect|worker|gpu-worker|all ...]
+    python -m infra.services up [s3|prefect|worker|gpu-worker|watcher|all ...]
     python -m infra.services down [...]
     python -m infra.services status
     eval "$(python -m infra.services env)"
@@ -26,359 +26,45 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import secrets
-import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 import uuid
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-INFRA_DIR = REPO_ROOT / "infra"
-HOST = "127.0.0.1"
-
-SERVICES = ("s3", "prefect", "worker", "gpu-worker", "watcher")
-RESULTS_BLOCK = "ecos-results"  # Prefect RemoteFileSystem block over the bucket (infra/deploy.py)
-DEFAULT_UP = ("s3", "prefect", "worker")  # what `up` / `up all` starts; the GPU worker only by name
-
-S3_READY_TIMEOUT = 20.0
-PREFECT_READY_TIMEOUT = 120.0
-WORKER_READY_TIMEOUT = 60.0
-STOP_TIMEOUT = 15.0
-
-
-class ServiceError(RuntimeError):
-    """A service could not be started or stopped; the message says why (and the log tail)."""
-
-
-# ------------------------------------------------------------------------ config
-def read_dotenv(path: Path) -> dict[str, str]:
-    """Simple KEY=VALUE lines; '#' comments, blank lines, an optional 'export ' and
-    matching surrounding quotes are handled. No interpolation."""
-    out: dict[str, str] = {}
-    try:
-        text = path.read_text()
-    except (FileNotFoundError, IsADirectoryError, PermissionError):
-        return out
-    for raw in text.splitlines():
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
-        if line.startswith("export "):
-            line = line[len("export ") :].lstrip()
-        key, sep, value = line.partition("=")
-        key = key.strip()
-        if not sep or not key.replace("_", "").isalnum():
-            continue
-        value = value.strip()
-        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
-            value = value[1:-1]
-        elif " #" in value:
-            value = value.split(" #", 1)[0].rstrip()
-        out[key] = value
-    return out
-
-
-def _int(env: Mapping[str, str], key: str, default: int) -> int:
-    raw = env.get(key) or str(default)
-    try:
-        return int(raw)
-    except ValueError:
-        raise ServiceError(f"{key}={raw!r} is not an integer") from None
-
-
-@dataclass
-class Config:
-    run_dir: Path
-    s3_data_dir: Path
-    s3_port: int = 9000
-    s3_bucket: str = "ecos"
-    s3_prefix: str = "store"
-    s3_key: str | None = None
-    s3_secret: str | None = None
-    prefect_port: int = 4200
-    work_pool: str = "ecos-cpu"
-    gpu_work_pool: str = "ecos-gpu"
-    worker_query_seconds: str = "2"
-    prefect_bin: str = ""
-    rclone_bin: Path = INFRA_DIR / "bin" / "rclone"
-    env: dict[str, str] = field(default_factory=dict, repr=False)  # the merged .env + environment
-
-    @classmethod
-    def load(cls, environ: Mapping[str, str] | None = None, dotenv: Path | None = None) -> Config:
-        env = read_dotenv(dotenv or REPO_ROOT / ".env")
-        env.update(os.environ if environ is None else environ)
-        run_dir = Path(env.get("ECOS_INFRA_DIR") or INFRA_DIR / "run").expanduser().resolve()
-        data_dir = Path(env.get("ECOS_S3_DATA_DIR") or run_dir / "s3-data").expanduser().resolve()
-        prefect_bin = env.get("ECOS_PREFECT_BIN") or str(Path(sys.executable).parent / "prefect")
-        if not Path(prefect_bin).exists():
-            prefect_bin = shutil.which("prefect") or prefect_bin
-        cfg = cls(
-            run_dir=run_dir,
-            s3_data_dir=data_dir,
-            s3_port=_int(env, "ECOS_S3_PORT", 9000),
-            s3_bucket=env.get("ECOS_S3_BUCKET") or "ecos",
-            s3_prefix=(env.get("ECOS_S3_PREFIX") or "store").strip("/"),
-            s3_key=env.get("ECOS_S3_KEY") or None,
-            s3_secret=env.get("ECOS_S3_SECRET") or None,
-            prefect_port=_int(env, "ECOS_PREFECT_PORT", 4200),
-            work_pool=env.get("ECOS_WORK_POOL") or "ecos-cpu",
-            gpu_work_pool=env.get("ECOS_GPU_WORK_POOL") or "ecos-gpu",
-            worker_query_seconds=env.get("PREFECT_WORKER_QUERY_SECONDS") or "2",
-            prefect_bin=prefect_bin,
-            rclone_bin=Path(env.get("ECOS_RCLONE_BIN") or INFRA_DIR / "bin" / "rclone"),
-            env=dict(env),
-        )
-        bucket = cfg.s3_bucket
-        if not (3 <= len(bucket) <= 63) or "/" in bucket or bucket.startswith("."):
-            raise ServiceError(f"ECOS_S3_BUCKET={bucket!r} is not a valid bucket name")
-        return cfg
-
-    # -- derived
-    @property
-    def s3_url(self) -> str:
-        return f"http://{HOST}:{self.s3_port}"
-
-    @property
-    def prefect_url(self) -> str:
-        return f"http://{HOST}:{self.prefect_port}"
-
-    @property
-    def prefect_api_url(self) -> str:
-        return f"{self.prefect_url}/api"
-
-    @property
-    def prefect_home(self) -> Path:
-        return self.run_dir / "prefect-home"
-
-    @property
-    def credentials_file(self) -> Path:
-        return self.run_dir / "credentials.env"
-
-    def pool_for(self, name: str) -> str:
-        return self.gpu_work_pool if name == "gpu-worker" else self.work_pool
-
-    def url_for(self, name: str) -> str:
-        if name == "s3":
-            return f"{self.s3_url} (bucket {self.s3_bucket}, data {self.s3_data_dir})"
-        if name == "prefect":
-            return f"{self.prefect_url} (UI), {self.prefect_api_url} (API)"
-        return f"{self.prefect_api_url} pool {self.pool_for(name)}"
-
-    def ensure_run_dir(self) -> None:
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        try:
-            self.run_dir.chmod(0o700)
-        except PermissionError:
-            pass
-
-    def credentials(self, create: bool = True) -> tuple[str, str]:
-        """ECOS_S3_KEY/ECOS_S3_SECRET from the environment/.env, else the run dir's
-        credentials.env, generated once (mode 600) when absent."""
-        if self.s3_key and self.s3_secret:
-            return self.s3_key, self.s3_secret
-        if bool(self.s3_key) != bool(self.s3_secret):
-            raise ServiceError("set both ECOS_S3_KEY and ECOS_S3_SECRET, or neither (then they are generated)")
-        saved = read_dotenv(self.credentials_file)
-        if saved.get("ECOS_S3_KEY") and saved.get("ECOS_S3_SECRET"):
-            self.s3_key, self.s3_secret = saved["ECOS_S3_KEY"], saved["ECOS_S3_SECRET"]
-            return self.s3_key, self.s3_secret
-        if not create:
-            raise ServiceError(
-                f"no S3 credentials: set ECOS_S3_KEY/ECOS_S3_SECRET or run `up s3` to generate {self.credentials_file}"
-            )
-        self.ensure_run_dir()
-        key = "ECOS" + secrets.token_hex(8).upper()  # 20 characters, like an AWS access key id
-        secret = secrets.token_urlsafe(30)  # 40 characters
-        fd = os.open(self.credentials_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write("# generated by infra/services.py; keep private\n")
-            f.write(f"ECOS_S3_KEY={key}\nECOS_S3_SECRET={secret}\n")
-        print(f"infra: generated S3 credentials in {self.credentials_file} (mode 600)", file=sys.stderr)
-        self.s3_key, self.s3_secret = key, secret
-        return key, secret
-
-
-def _validate_credentials(key: str, secret: str) -> None:
-    # rclone's --auth-key is "key,secret" (CSV); it also refuses access keys shorter than 3.
-    for what, value in (("ECOS_S3_KEY", key), ("ECOS_S3_SECRET", secret)):
-        if any(c in value for c in ',"\n\r') or value != value.strip():
-            raise ServiceError(f"{what} must not contain commas, quotes, newlines or surrounding spaces")
-    if len(key) < 3:
-        raise ServiceError("ECOS_S3_KEY must be at least 3 characters (rclone rejects shorter access keys)")
-
-
-def env_for_clients(cfg: Config | None = None) -> dict[str, str]:
-    """What a client or flow needs to use these services."""
-    cfg = cfg or Config.load()
-    key, secret = cfg.credentials(create=False)
-    return {
-        "ECOS_STORE": f"s3://{cfg.s3_bucket}/{cfg.s3_prefix}" if cfg.s3_prefix else f"s3://{cfg.s3_bucket}",
-        "ECOS_S3_ENDPOINT": cfg.s3_url,
-        "ECOS_S3_KEY": key,
-        "ECOS_S3_SECRET": secret,
-        "PREFECT_API_URL": cfg.prefect_api_url,
-        "AWS_EC2_METADATA_DISABLED": "true",
-    }
-
-
-# ------------------------------------------------------------------------ processes
-def _proc_start_time(pid: int) -> str | None:
-    """The kernel's start time of a PID (Linux), to tell our process from a reused PID."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except (FileNotFoundError, ProcessLookupError, PermissionError, OSError):
-        return None
-    return stat.rsplit(")", 1)[1].split()[19]
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    stat = Path(f"/proc/{pid}/stat")
-    if stat.exists():
-        try:
-            return stat.read_text().rsplit(")", 1)[1].split()[0] != "Z"
-        except OSError:
-            return False
-    return True
-
-
-def _group_members(pgid: int) -> list[int]:
-    """Live (non-zombie) processes of a process group."""
-    proc = Path("/proc")
-    if not proc.is_dir():
-        try:
-            os.killpg(pgid, 0)
-            return [pgid]
-        except (ProcessLookupError, PermissionError):
-            return []
-    out = []
-    for d in proc.iterdir():
-        if not d.name.isdigit():
-            continue
-        try:
-            fields = (d / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if fields[0] != "Z" and int(fields[2]) == pgid:
-            out.append(int(d.name))
-    return out
-
-
-def _reap(pid: int) -> None:
-    try:
-        os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass
-
-
-@dataclass
-class Record:
-    name: str
-    pid: int
-    start_time: str | None
-    cmd: list[str]
-    url: str
-    log: str
-    started_at: float
-    ready_s: float | None = None  # seconds from launch to ready (this start only)
-
-    @classmethod
-    def read(cls, path: Path) -> Record | None:
-        try:
-            return cls(**json.loads(path.read_text()))
-        except (FileNotFoundError, ValueError, TypeError):
-            return None
-
-    def alive(self) -> bool:
-        if not _pid_alive(self.pid):
-            return False
-        now = _proc_start_time(self.pid)
-        return self.start_time is None or now is None or now == self.start_time
-
-
-def _pid_file(cfg: Config, name: str) -> Path:
-    return cfg.run_dir / f"{name}.pid"
-
-
-def _log_file(cfg: Config, name: str) -> Path:
-    return cfg.run_dir / "logs" / f"{name}.log"
-
-
-def log_tail(path: Path | str, lines: int = 30) -> str:
-    try:
-        data = Path(path).read_bytes()[-20000:].decode(errors="replace")
-    except FileNotFoundError:
-        return f"(no log at {path})"
-    if "\n===== " in data:  # only the latest start's part of the log
-        data = "===== " + data.rsplit("\n===== ", 1)[1]
-    return "\n".join(data.splitlines()[-lines:])
-
-
-def _launch(cfg: Config, name: str, cmd: list[str], env: dict[str, str], url: str, cwd: Path) -> Record:
-    cfg.ensure_run_dir()
-    log = _log_file(cfg, name)
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "ab") as f:
-        f.write(f"\n===== {time.strftime('%Y-%m-%d %H:%M:%S')} starting {name}: {' '.join(cmd)}\n".encode())
-        f.flush()
-        proc = subprocess.Popen(
-            cmd, stdin=subprocess.DEVNULL, stdout=f, stderr=subprocess.STDOUT, env=env, cwd=cwd, start_new_session=True
-        )
-    rec = Record(name, proc.pid, _proc_start_time(proc.pid), cmd, url, str(log), time.time())
-    tmp = _pid_file(cfg, name).with_suffix(".pid.tmp")
-    tmp.write_text(json.dumps(rec.__dict__))
-    tmp.replace(_pid_file(cfg, name))
-    proc.returncode = 0  # detached on purpose: silence Popen's "still running" warning at exit
-    return rec
-
-
-def _wait_ready(rec: Record, check: Callable[[], bool], timeout: float, what: str) -> float:
-    t0 = time.monotonic()
-    while True:
-        try:
-            ready = check()
-        except Exception:  # noqa: BLE001 - not ready yet, whatever the reason
-            ready = False
-        if ready:
-            return time.monotonic() - t0
-        if not rec.alive():
-            _reap(rec.pid)
-            raise ServiceError(f"{what} exited during startup (pid {rec.pid}); log {rec.log}:\n{log_tail(rec.log)}")
-        if time.monotonic() - t0 > timeout:
-            raise ServiceError(
-                f"{what} not ready after {timeout:.0f} s (pid {rec.pid}); log {rec.log}:\n{log_tail(rec.log)}"
-            )
-        time.sleep(0.2)
-
-
-def _http(url: str, method: str = "GET", body: dict | None = None, timeout: float = 3.0) -> tuple[int, bytes]:
-    data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as r:
-            return r.status, r.read()
-    except urllib.error.HTTPError as err:
-        return err.code, err.read()
-
-
-def _port_open(port: int) -> bool:
-    with socket.socket() as s:
-        s.settimeout(0.5)
-        return s.connect_ex((HOST, port)) == 0
-
+from infra.config import (  # noqa: F401 (re-exported: the CLI and tests use services.X)
+    Config,
+    DEFAULT_UP,
+    HOST,
+    INFRA_DIR,
+    PREFECT_READY_TIMEOUT,
+    REPO_ROOT,
+    RESULTS_BLOCK,
+    S3_READY_TIMEOUT,
+    SERVICES,
+    STOP_TIMEOUT,
+    ServiceError,
+    WORKER_READY_TIMEOUT,
+    _validate_credentials,
+    env_for_clients,
+    read_dotenv,
+)
+from infra.processes import (  # noqa: F401
+    Record,
+    _group_members,
+    _http,
+    _launch,
+    _log_file,
+    _pid_file,
+    _port_open,
+    _proc_start_time,
+    _reap,
+    _wait_ready,
+    log_tail,
+)
 
 # ------------------------------------------------------------------------ services
 def _base_env() -> dict[str, str]:

@@ -10,7 +10,7 @@ from prefect import get_run_logger, task
 from ecos_core import layout
 from ecos_core.auth import load_enrollment, open_signed_response
 from ecos_core.protocol import MAX_RESPONSE_BYTES, ProtocolError, Response, decode_response
-from ecos_core.store import Store, StoreError
+from ecos_core.store import Store
 from tasks import catalog
 
 
