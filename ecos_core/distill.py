@@ -20,9 +20,18 @@ import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
 
-from ecos_core.train import SmallCNN, TrainConfig, TrainResult, random_shift, to_tensor, train_classifier
+from ecos_core.train import (
+    SmallCNN,
+    TrainConfig,
+    TrainResult,
+    adamw_one_cycle,
+    make_trainer,
+    random_shift,
+    seeded_loader,
+    to_tensor,
+    train_classifier,
+)
 from ecos_core.types import ImageSet
 
 TEACHER_WIDTH = 64
@@ -86,10 +95,7 @@ class Student(L.LightningModule):
         return loss
 
     def configure_optimizers(self):  # returns Lightning's own optimizer/scheduler dict
-        tc = self.cfg.train
-        opt = torch.optim.AdamW(self.net.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
-        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=tc.lr, total_steps=self.total_steps)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        return adamw_one_cycle(self.net.parameters(), self.cfg.train, self.total_steps)
 
 
 @dataclass(frozen=True)
@@ -133,18 +139,9 @@ def distill(
         raise ValueError(f"teacher outputs {classes} classes, cfg.train.num_classes is {cfg.train.num_classes}")
     tc = cfg.train
     L.seed_everything(seed, workers=True, verbose=False)
-    data = TensorDataset(to_tensor(images))
-    loader = DataLoader(
-        data, batch_size=tc.batch_size, shuffle=True, drop_last=len(data) > tc.batch_size,
-        generator=torch.Generator().manual_seed(seed),
-    )  # fmt: skip
-    steps = min(tc.max_steps, tc.max_epochs * len(loader))
+    loader, steps = seeded_loader((to_tensor(images),), tc, seed)
     student = Student(teacher, cfg, steps)
-    trainer = L.Trainer(
-        max_epochs=tc.max_epochs, max_steps=steps, accelerator=tc.accelerator, devices=tc.devices,
-        strategy=tc.strategy, deterministic=True, logger=False, enable_checkpointing=False,
-        enable_model_summary=False, enable_progress_bar=tc.progress_bar,
-    )  # fmt: skip
+    trainer = make_trainer(tc, steps)
     start = time.perf_counter()
     with warnings.catch_warnings():
         # the frozen teacher is in eval mode on purpose (see Student.train)

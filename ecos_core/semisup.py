@@ -20,9 +20,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
-from torch.utils.data import DataLoader, TensorDataset
 
-from ecos_core.train import Classifier, TrainConfig, TrainResult, random_shift, to_tensor
+from ecos_core.train import Classifier, TrainConfig, TrainResult, make_trainer, random_shift, seeded_loader, to_tensor
 from ecos_core.types import ImageSet
 
 
@@ -144,19 +143,11 @@ def train_fixmatch(
     _check_inputs(labeled, unlabeled_images, cfg)
     tc = cfg.train
     L.seed_everything(seed, workers=True, verbose=False)
-    data = TensorDataset(to_tensor(labeled.images), torch.from_numpy(labeled.labels.astype(np.int64)))
-    loader = DataLoader(
-        data, batch_size=tc.batch_size, shuffle=True, drop_last=len(data) > tc.batch_size,
-        generator=torch.Generator().manual_seed(seed),
-    )  # fmt: skip
-    steps = min(tc.max_steps, tc.max_epochs * len(loader))
+    labels = torch.from_numpy(labeled.labels.astype(np.int64))
+    loader, steps = seeded_loader((to_tensor(labeled.images), labels), tc, seed)
     # a different stream from the loader's shuffle, still fixed by the seed
     model = FixMatch(cfg, steps, unlabeled_images, seed=seed + 1)
-    trainer = L.Trainer(
-        max_epochs=tc.max_epochs, max_steps=steps, accelerator=tc.accelerator, devices=tc.devices,
-        strategy=tc.strategy, deterministic=True, logger=False, enable_checkpointing=False,
-        enable_model_summary=False, enable_progress_bar=tc.progress_bar,
-    )  # fmt: skip
+    trainer = make_trainer(tc, steps)
     start = time.perf_counter()
     trainer.fit(model, loader)
     return FixMatchResult(

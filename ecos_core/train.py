@@ -104,9 +104,33 @@ class Classifier(L.LightningModule):
         return loss
 
     def configure_optimizers(self):  # noqa: ANN201 (Lightning's own union type)
-        opt = torch.optim.AdamW(self.parameters(), lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
-        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=self.cfg.lr, total_steps=self.total_steps)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        return adamw_one_cycle(self.parameters(), self.cfg, self.total_steps)
+
+
+def adamw_one_cycle(params, cfg: TrainConfig, total_steps: int) -> dict:  # noqa: ANN001 (parameter iterator)
+    """The optimizer of every model here: AdamW with a one-cycle learning rate per step."""
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total_steps)
+    return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+def seeded_loader(tensors: tuple[torch.Tensor, ...], cfg: TrainConfig, seed: int) -> tuple[DataLoader, int]:
+    """A shuffling loader fixed by `seed`, and the number of optimizer steps to run."""
+    data = TensorDataset(*tensors)
+    loader = DataLoader(
+        data, batch_size=cfg.batch_size, shuffle=True, drop_last=len(data) > cfg.batch_size,
+        generator=torch.Generator().manual_seed(seed),
+    )  # fmt: skip
+    return loader, min(cfg.max_steps, cfg.max_epochs * len(loader))
+
+
+def make_trainer(cfg: TrainConfig, steps: int) -> L.Trainer:
+    """A deterministic Lightning Trainer with no logger or checkpoints (the store keeps models)."""
+    return L.Trainer(
+        max_epochs=cfg.max_epochs, max_steps=steps, accelerator=cfg.accelerator, devices=cfg.devices,
+        strategy=cfg.strategy, deterministic=True, logger=False, enable_checkpointing=False,
+        enable_model_summary=False, enable_progress_bar=cfg.progress_bar,
+    )  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -125,18 +149,9 @@ def train_classifier(train: ImageSet, cfg: TrainConfig = TrainConfig(), seed: in
     if train.labels.min() < 0 or train.labels.max() >= cfg.num_classes:
         raise ValueError(f"labels must lie in 0..{cfg.num_classes - 1}, got {train.labels.min()}..{train.labels.max()}")
     L.seed_everything(seed, workers=True, verbose=False)
-    data = TensorDataset(to_tensor(train.images), torch.from_numpy(train.labels.astype(np.int64)))
-    loader = DataLoader(
-        data, batch_size=cfg.batch_size, shuffle=True, drop_last=len(data) > cfg.batch_size,
-        generator=torch.Generator().manual_seed(seed),
-    )  # fmt: skip
-    steps = min(cfg.max_steps, cfg.max_epochs * len(loader))
+    loader, steps = seeded_loader((to_tensor(train.images), torch.from_numpy(train.labels.astype(np.int64))), cfg, seed)
     model = Classifier(cfg, steps)
-    trainer = L.Trainer(
-        max_epochs=cfg.max_epochs, max_steps=steps, accelerator=cfg.accelerator, devices=cfg.devices,
-        strategy=cfg.strategy, deterministic=True, logger=False, enable_checkpointing=False,
-        enable_model_summary=False, enable_progress_bar=cfg.progress_bar,
-    )  # fmt: skip
+    trainer = make_trainer(cfg, steps)
     start = time.perf_counter()
     trainer.fit(model, loader)
     return TrainResult(model, trainer.current_epoch, int(trainer.global_step), model.last_loss, time.perf_counter() - start)
