@@ -28,6 +28,8 @@ app.add_typer(clients_app, name="clients")
 from ecos_cli.infra import infra_app  # noqa: E402 (light: imports infra lazily)
 
 app.add_typer(infra_app, name="infra")
+from ecos_cli.bench import bench_app  # noqa: E402
+app.add_typer(bench_app, name="bench")
 
 StoreOpt = typer.Option(None, "--store", help="Artifact store URL (folder or s3://bucket/prefix). Default: $ECOS_STORE or ./ecos-store.")
 

@@ -12,7 +12,6 @@ from datetime import datetime, timezone
 from typing import Literal
 
 from prefect import flow
-from prefect.deployments import run_deployment
 from prefect.flow_runs import suspend_flow_run
 from prefect.input import RunInput
 from prefect.runtime import flow_run
@@ -20,14 +19,14 @@ from prefect.runtime import flow_run
 from ecos_core.config import RoundConfig
 from ecos_core.settings import Settings
 from ecos_core.timing import Stopwatch
-from flows.train_flow import train_flow
+from flows.train_flow import train_flow, train_on_deployment
 from flows.index_flow import index_flow
 from tasks.probe import publish_probe
 from tasks.report import write_report
 from tasks.responses import collect_responses
 from tasks.sampling import select_proxy_set
 from tasks.simulation import enroll_simulated_clients, launch_simulated_clients, oracle_counts
-from tasks.training import domain_local_accuracy, read_training_rows
+from tasks.training import domain_local_accuracy
 
 
 def new_round_id() -> str:
@@ -92,13 +91,8 @@ def round_flow(
             selections.append({**picked, "client_id": client_id})
     watch.lap("sampling")
     local_clients = list(responses["accepted"]) if cfg.local_baseline else []
-    if train_deployment:
-        run = run_deployment(train_deployment, timeout=None, parameters={"cfg": cfg.model_dump(mode="json"),
-                             "round_id": round_id, "selections": selections, "local_clients": local_clients,
-                             "store_url": store_url})  # fmt: skip
-        if not run.state or not run.state.is_completed():
-            raise RuntimeError(f"training deployment {train_deployment} ended {run.state and run.state.name}")
-        runs = read_training_rows(store_url, round_id, selections, local_clients)
+    if train_deployment:  # e.g. on the GPU pool
+        runs = train_on_deployment(train_deployment, cfg, round_id, selections, local_clients, store_url)
     else:
         runs = train_flow(cfg, round_id, selections, local_clients, store_url)
     watch.lap("training")

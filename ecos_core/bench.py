@@ -1,0 +1,432 @@
+"""The benchmark grid (the paper's Table 4): pure logic, no Prefect.
+
+A `GridSpec` names the axes (client domains, regimes, budgets, samplers, applications,
+seeds, noise levels) and the fixed setting (pool sizes, K, training). `grid_cells` expands
+it into `Cell`s, each with a stable content-hash `cell_key`; `run_cell` runs one cell and
+returns one result row. A `BenchContext` memoises what cells share: the seeded domains,
+their MobileNetV2 features (also cached in the store by content key, the same key the
+round flow uses, so a rerun reuses them), the client/pool split, the K-means index, the
+exact coverage counts and the compression teacher.
+
+Applications (what the proxy set is used for):
+  labeling         the annotator labels the selection (pool labels) -> train_classifier
+  compression      a cloud teacher (trained once per seed, client domain and regime on a
+                   labelled subset of that pool) is distilled into a student on the
+                   selected images, which carry no labels
+  client_labeling  the client labels the selection with Private-kNN on its own features;
+                   ε composes the coverage scores' and the kNN answers' (PLD)
+Samplers: ecos (noisy counts, add_noise seeded by the cell's seed), oracle (exact counts,
+the σ=0 rule, ε=∞), random, kcenter, full (every pool sample), local (train on the
+client's own data; "labeling" only).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from ecos_core import layout
+from ecos_core.backbone import BackboneSpec, Preprocessing, load_backbone
+from ecos_core.config import DEFAULT_DOMAIN_SIZES, DataConfig
+from ecos_core.coverage import add_noise, coverage_counts
+from ecos_core.data.builtin import BUILTIN_DOMAINS, DISTRACTOR_DOMAINS, load_domain
+from ecos_core.data.split import REGIMES, split_client_pool, subsample
+from ecos_core.distill import TEACHER_WIDTH, DistillConfig, distill, train_teacher
+from ecos_core.features import content_key, embed
+from ecos_core.index import PoolIndex, build_index, l2_normalize
+from ecos_core.privacy import gaussian_epsilon, gaussian_event
+from ecos_core.private_knn import combined_epsilon, private_knn_event, private_knn_labels
+from ecos_core.protocol import Response, encode_probe, encode_response
+from ecos_core.samplers import SAMPLERS, SamplingPool, make_sampler
+from ecos_core.store import Store
+from ecos_core.train import TrainConfig, accuracy, train_classifier
+from ecos_core.types import ImageSet
+
+APPLICATIONS: tuple[str, ...] = ("labeling", "compression", "client_labeling")
+BENCH_SAMPLERS: tuple[str, ...] = (*SAMPLERS, "local")
+NOISY_SAMPLERS = ("ecos",)  # the only samplers whose result depends on σ
+LOCAL_APPLICATIONS = ("labeling",)  # Local trains on the client's labelled data: no proxy set
+MOBILENET_V2_MACS_224 = 0.30e9  # multiply-accumulates per image at 224×224
+ROW_FIELDS = ("client_domain", "regime", "budget", "sampler", "application", "seed", "sigma")
+
+
+def _csv(values: Any) -> Any:
+    """Accept "a,b" as well as lists (CLI and JSON both work)."""
+    if isinstance(values, str):
+        return [v.strip() for v in values.split(",") if v.strip()]
+    return values
+
+
+class GridSpec(BaseModel):
+    """The benchmark grid: axes (tuples) and the fixed setting every cell shares."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    # axes
+    client_domains: tuple[str, ...] = ("mnistm",)
+    regimes: tuple[Literal["id+ood", "ood"], ...] = ("id+ood",)
+    budgets: tuple[int, ...] = (1000,)
+    samplers: tuple[str, ...] = ("ecos", "oracle", "random", "kcenter", "local")
+    applications: tuple[str, ...] = ("labeling",)
+    seeds: tuple[int, ...] = (0, 1, 2)
+    sigmas: tuple[float, ...] = (6.1,)
+    # setting
+    domain_sizes: dict[str, int] = Field(default_factory=lambda: dict(DEFAULT_DOMAIN_SIZES))
+    n_client_train: int = Field(1000, ge=1)
+    n_client_test: int = Field(1000, ge=1)
+    k: int = Field(100, ge=2)
+    niter: int = Field(25, ge=1)
+    nredo: int = Field(3, ge=1)
+    preprocessing: Preprocessing = Preprocessing()
+    embed_batch_size: int = Field(128, ge=1)
+    delta: float = Field(1e-5, gt=0, lt=1)
+    threshold_sigmas: float = Field(3.0, ge=0)
+    threshold_share: float = Field(0.005, ge=0, lt=1)
+    exhausted: Literal["fill", "stop"] = "fill"
+    train: TrainConfig = TrainConfig()
+    teacher_size: int = Field(3000, ge=10)
+    temperature: float = Field(4.0, gt=0)
+    student_width: int = Field(16, ge=4)
+    knn_k: int = Field(10, ge=1)
+    knn_sigma: float = Field(4.0, gt=0)
+
+    @field_validator("client_domains", "samplers", "applications", "regimes", "budgets", "seeds", "sigmas", mode="before")
+    @classmethod
+    def _split_csv(cls, value: Any) -> Any:
+        return _csv(value)
+
+    @field_validator("client_domains", "samplers", "applications", "regimes", "budgets", "seeds", "sigmas")
+    @classmethod
+    def _non_empty_unique(cls, value: tuple, info: Any) -> tuple:
+        if not value:
+            raise ValueError(f"{info.field_name} must name at least one value")
+        return tuple(dict.fromkeys(value))  # drop repeats, keep order
+
+    @field_validator("client_domains")
+    @classmethod
+    def _known_client_domains(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        unknown = [d for d in value if d not in BUILTIN_DOMAINS]
+        if unknown:
+            raise ValueError(f"unknown client domain(s) {unknown}; built-in: {list(BUILTIN_DOMAINS)}")
+        return value
+
+    @field_validator("samplers")
+    @classmethod
+    def _known_samplers(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        unknown = [s for s in value if s not in BENCH_SAMPLERS]
+        if unknown:
+            raise ValueError(f"unknown sampler(s) {unknown}; known: {list(BENCH_SAMPLERS)}")
+        return value
+
+    @field_validator("applications")
+    @classmethod
+    def _known_applications(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        unknown = [a for a in value if a not in APPLICATIONS]
+        if unknown:
+            raise ValueError(f"unknown application(s) {unknown}; known: {list(APPLICATIONS)}")
+        return value
+
+    @field_validator("budgets")
+    @classmethod
+    def _positive_budgets(cls, value: tuple[int, ...]) -> tuple[int, ...]:
+        if any(b < 1 for b in value):
+            raise ValueError(f"budgets must be >= 1, got {list(value)}")
+        return value
+
+    @field_validator("sigmas")
+    @classmethod
+    def _positive_sigmas(cls, value: tuple[float, ...]) -> tuple[float, ...]:
+        if any(not s > 0 for s in value):
+            raise ValueError(f"sigmas must be > 0 (σ=0 is the oracle sampler), got {list(value)}")
+        return value
+
+    @model_validator(mode="after")
+    def _data_configs(self) -> GridSpec:
+        # DataConfig checks domain names, sizes and that the client's train+test fit.
+        for domain in self.client_domains:
+            for regime in self.regimes:
+                try:
+                    self.data_config(domain, regime)
+                except ValidationError as err:
+                    msgs = "; ".join(e["msg"].removeprefix("Value error, ") for e in err.errors())
+                    raise ValueError(f"client domain {domain!r}, regime {regime!r}: {msgs}") from None
+        if self.knn_k > self.n_client_train:
+            raise ValueError(f"knn_k {self.knn_k} is larger than n_client_train {self.n_client_train}")
+        return self
+
+    def data_config(self, client_domain: str, regime: str) -> DataConfig:
+        return DataConfig(domain_sizes=self.domain_sizes, client_domain=client_domain, regime=regime,  # type: ignore[arg-type]
+                          n_client_train=self.n_client_train, n_client_test=self.n_client_test)  # fmt: skip
+
+    def setting(self) -> dict:
+        """Everything but the axes: what makes two cells with equal fields comparable."""
+        axes = {"client_domains", "regimes", "budgets", "samplers", "applications", "seeds", "sigmas"}
+        return self.model_dump(mode="json", exclude=axes)
+
+    @property
+    def teacher_train(self) -> TrainConfig:
+        return self.train.model_copy(update={"width": TEACHER_WIDTH})
+
+    @property
+    def distill_config(self) -> DistillConfig:
+        return DistillConfig(temperature=self.temperature, student_width=self.student_width, train=self.train)
+
+
+def grid_key(spec: GridSpec) -> str:
+    """Key of the grid's setting (not its axes): growing an axis keeps finished cells."""
+    return content_key("ecos-bench-grid-v1", spec.setting())[:16]
+
+
+class Cell(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    client_domain: str
+    regime: str
+    budget: int
+    sampler: str
+    application: str
+    seed: int
+    sigma: float | None = None  # only samplers in NOISY_SAMPLERS have one
+
+
+def cell_key(cell: Cell, spec: GridSpec) -> str:
+    """Stable content hash of a cell under the grid's setting."""
+    return content_key("ecos-bench-cell-v1", spec.setting(), cell.model_dump(mode="json"))[:24]
+
+
+def grid_cells(spec: GridSpec) -> list[Cell]:
+    """Every cell of the grid, seed-major (cells sharing features run together).
+
+    σ only multiplies the noisy samplers; Local exists only for the applications in
+    LOCAL_APPLICATIONS."""
+    cells = []
+    for seed in spec.seeds:
+        for domain in spec.client_domains:
+            for regime in spec.regimes:
+                for application in spec.applications:
+                    for budget in spec.budgets:
+                        for sampler in spec.samplers:
+                            if sampler == "local" and application not in LOCAL_APPLICATIONS:
+                                continue
+                            sigmas = spec.sigmas if sampler in NOISY_SAMPLERS else (None,)
+                            for sigma in sigmas:
+                                cells.append(Cell(client_domain=domain, regime=regime, budget=budget, sampler=sampler,
+                                                  application=application, seed=seed, sigma=sigma))  # fmt: skip
+    return cells
+
+
+@dataclass
+class Setup:
+    """What every cell of one (client domain, regime, seed) shares."""
+
+    train: ImageSet
+    test: ImageSet
+    pool: ImageSet
+    train_features: np.ndarray  # raw (N, d)
+    pool_features: np.ndarray  # l2-normalised (N, d)
+    index: PoolIndex
+    counts: np.ndarray  # exact coverage counts (K,)
+    client_s: float  # client compute: embedding its train set + scoring
+
+
+@dataclass
+class BenchContext:
+    """Caches shared by the cells of a grid; `store` (optional) keeps features across runs."""
+
+    spec: GridSpec
+    store: Store | None = None
+    cache_dir: str | None = None
+    show_bar: bool = False
+    _domains: dict[int, dict[str, ImageSet]] = field(default_factory=dict)
+    _features: dict[tuple[str, int], np.ndarray] = field(default_factory=dict)
+    _embed_s: dict[tuple[str, int], float] = field(default_factory=dict)  # seconds per image
+    _setups: dict[tuple[str, str, int], Setup] = field(default_factory=dict)
+    _teachers: dict[tuple[str, str, int], Any] = field(default_factory=dict)
+    _local: dict[tuple[str, str, int], dict] = field(default_factory=dict)
+    feature_hits: int = 0
+    feature_misses: int = 0
+
+    @functools.cached_property
+    def backbone(self) -> tuple[Any, BackboneSpec]:
+        _, default = load_backbone()
+        spec = BackboneSpec(weights_sha256=default.weights_sha256, preprocessing=self.spec.preprocessing)
+        model, spec = load_backbone(spec)
+        return model, spec
+
+    def domains(self, seed: int) -> dict[str, ImageSet]:
+        if seed not in self._domains:
+            self._domains[seed] = {n: load_domain(n, self.cache_dir, size, seed) for n, size in self.spec.domain_sizes.items()}
+        return self._domains[seed]
+
+    def features(self, name: str, seed: int) -> np.ndarray:
+        """MobileNetV2 features of one domain's seeded subset; the store key is the round flow's."""
+        if (name, seed) in self._features:
+            return self._features[(name, seed)]
+        part = self.domains(seed)[name]
+        model, bspec = self.backbone
+        key = content_key(part.images, part.ids, bspec.model_dump(mode="json"))
+        timing_key = layout.cache("embed-time", key)
+        feats = None
+        if self.store is not None and self.store.exists(layout.features(key)):
+            feats = self.store.read_npy(layout.features(key))
+            per_image = self.store.read_json(timing_key)["seconds_per_image"] if self.store.exists(timing_key) else float("nan")
+            self.feature_hits += 1
+        if feats is None or feats.shape[0] != len(part):
+            start = time.perf_counter()
+            feats = embed(part.images, model, bspec.preprocessing, self.spec.embed_batch_size, show_bar=self.show_bar,
+                          desc=f"features {name}")  # fmt: skip
+            per_image = (time.perf_counter() - start) / max(len(part), 1)
+            self.feature_misses += 1
+            if self.store is not None:
+                self.store.write_npy(layout.features(key), feats)
+                self.store.write_json(timing_key, {"seconds_per_image": per_image, "n": len(part)})
+        self._features[(name, seed)] = feats
+        self._embed_s[(name, seed)] = per_image
+        return feats
+
+    def setup(self, client_domain: str, regime: str, seed: int) -> Setup:
+        key = (client_domain, regime, seed)
+        if key in self._setups:
+            return self._setups[key]
+        spec = self.spec
+        parts = self.domains(seed)
+        train, test, pool = split_client_pool(parts, client_domain, spec.n_client_train, spec.n_client_test,
+                                              regime, seed)  # type: ignore[arg-type]  # fmt: skip
+        names = list(parts)
+        table = np.concatenate([self.features(n, seed) for n in names])
+        rows = pd.Index(np.concatenate([parts[n].ids for n in names]).astype(str))
+        train_f = table[rows.get_indexer(train.ids.astype(str))]
+        pool_f = table[rows.get_indexer(pool.ids.astype(str))]
+        if spec.k > len(pool):
+            raise ValueError(f"k={spec.k} is larger than the pool ({len(pool)} samples) for {client_domain}/{regime}")
+        index = build_index(pool_f, spec.k, seed, spec.niter, spec.nredo)
+        start = time.perf_counter()
+        counts = coverage_counts(train_f, index.centroids)
+        score_s = time.perf_counter() - start
+        per_image = self._embed_s.get((client_domain, seed), float("nan"))
+        setup = Setup(train, test, pool, train_f, l2_normalize(pool_f), index, counts,
+                      client_s=per_image * len(train) + score_s)  # fmt: skip
+        self._setups[key] = setup
+        return setup
+
+    def teacher(self, client_domain: str, regime: str, seed: int) -> Any:
+        """The compression teacher: trained on a labelled subset of this pool, once."""
+        key = (client_domain, regime, seed)
+        if key not in self._teachers:
+            pool = self.setup(*key).pool
+            labelled = subsample(pool, self.spec.teacher_size, seed)
+            self._teachers[key] = train_teacher(labelled, self.spec.teacher_train, seed)
+        return self._teachers[key]
+
+
+def _probe_bytes(k: int, dim: int, bspec: BackboneSpec, sigma: float, delta: float) -> tuple[int, int]:
+    """(bytes down, bytes up) of one coverage round: probe.json + centroids.npy, response json."""
+    _, probe_json, npy = encode_probe("bench-round", np.zeros((k, dim), np.float32), bspec, sigma, delta,
+                                      datetime(2030, 1, 1, tzinfo=UTC))  # fmt: skip
+    up = encode_response(Response.from_scores("bench-round", "client-0", np.zeros(k)))
+    return len(probe_json) + len(npy), len(up)
+
+
+def _client_macs(spec: GridSpec, n_samples: int, k: int, dim: int) -> float:
+    """Backbone MACs (0.30 GMAC at 224 px, ∝ pixels) plus K·d per sample for scoring."""
+    per_image = MOBILENET_V2_MACS_224 * (spec.preprocessing.size / 224) ** 2
+    return float(n_samples * (per_image + k * dim))
+
+
+def run_cell(cell: Cell, ctx: BenchContext) -> dict:
+    """Run one cell: select, train (or distil), evaluate on the client's test set."""
+    spec = ctx.spec
+    s = ctx.setup(cell.client_domain, cell.regime, cell.seed)
+    k, dim = s.index.centroids.shape
+    _, bspec = ctx.backbone
+    row: dict[str, Any] = cell.model_dump()
+    extra: dict[str, Any] = {}
+    start = time.perf_counter()
+
+    if cell.sampler == "local":
+        result = train_classifier(s.train, spec.train, cell.seed)
+        row.update(accuracy=accuracy(result.model, s.test), epsilon=0.0, proxy_size=len(s.train), unspent=0,
+                   distractor_share=0.0, client_domain_share=1.0, bytes_down=0, bytes_up=0,
+                   client_macs=float("nan"), client_s=result.seconds, train_s=result.seconds, select_s=0.0,
+                   proxy_domains=json.dumps({cell.client_domain: len(s.train)}))  # fmt: skip
+        return row
+
+    sampling_pool = SamplingPool(s.pool_features, s.index.assignments, s.index.centroids)
+    ecos_params = dict(threshold_sigmas=spec.threshold_sigmas, threshold_share=spec.threshold_share,
+                       exhausted=spec.exhausted)  # fmt: skip
+    noisy = add_noise(s.counts, cell.sigma, seed=cell.seed) if cell.sampler == "ecos" else None
+    sampler = make_sampler(cell.sampler, seed=cell.seed, sigma=cell.sigma or 0.0, noisy_scores=noisy,
+                           exact_counts=s.counts, **ecos_params)  # fmt: skip
+    picked = sampler.select(sampling_pool, cell.budget)
+    select_s = time.perf_counter() - start
+    proxy = s.pool.subset(picked)
+
+    # privacy and cost of what the sampler needs from the client
+    events = []
+    if cell.sampler == "ecos":
+        eps = gaussian_epsilon(cell.sigma, spec.delta)
+        events.append(gaussian_event(cell.sigma))
+        down, up = _probe_bytes(k, dim, bspec, cell.sigma, spec.delta)
+        macs, client_s = _client_macs(spec, len(s.train), k, dim), s.client_s
+    elif cell.sampler == "oracle":  # exact counts: no noise, no guarantee
+        eps = float("inf")
+        down, up = _probe_bytes(k, dim, bspec, 1.0, spec.delta)
+        macs, client_s = _client_macs(spec, len(s.train), k, dim), s.client_s
+    else:  # blind to the client
+        eps, down, up, macs, client_s = 0.0, 0, 0, 0.0, 0.0
+
+    if cell.application == "labeling":
+        result = train_classifier(proxy, spec.train, cell.seed)
+        acc, train_s = accuracy(result.model, s.test), result.seconds
+    elif cell.application == "compression":
+        teacher = ctx.teacher(cell.client_domain, cell.regime, cell.seed)
+        result = distill(teacher.model.net, proxy.images, spec.distill_config, cell.seed)
+        acc, train_s = accuracy(result.student, s.test), result.seconds
+        extra["teacher_accuracy"] = accuracy(teacher.model, s.test)
+    elif cell.application == "client_labeling":
+        t0 = time.perf_counter()
+        labels = private_knn_labels(s.pool_features[picked], s.train_features, s.train.labels, k=spec.knn_k,
+                                    sigma=spec.knn_sigma, classes=spec.train.num_classes, seed=cell.seed)  # fmt: skip
+        knn_s = time.perf_counter() - t0
+        knn = private_knn_event(max(len(picked), 1), spec.knn_sigma)
+        eps = float("inf") if cell.sampler == "oracle" else combined_epsilon([*events, knn], spec.delta)
+        result = train_classifier(ImageSet(proxy.images, labels, proxy.domains, proxy.ids), spec.train, cell.seed)
+        acc, train_s = accuracy(result.model, s.test), result.seconds
+        down += 4 * len(picked) * dim  # the selected samples' features
+        up += 8 * len(picked)  # one int64 label each
+        macs += float(len(picked) * len(s.train) * dim)  # exact kNN search
+        client_s += knn_s
+        extra["label_agreement"] = float((labels == proxy.labels).mean()) if len(picked) else float("nan")
+    else:  # validated by GridSpec; a hand-made Cell may still be wrong
+        raise ValueError(f"unknown application {cell.application!r}; known: {list(APPLICATIONS)}")
+
+    domains = pd.Series(proxy.domains.astype(str))
+    row.update(accuracy=acc, epsilon=eps, proxy_size=len(picked), unspent=max(cell.budget - len(picked), 0),
+               distractor_share=float(domains.isin(DISTRACTOR_DOMAINS).mean()) if len(picked) else 0.0,
+               client_domain_share=float((domains == cell.client_domain).mean()) if len(picked) else 0.0,
+               bytes_down=int(down), bytes_up=int(up), client_macs=macs, client_s=client_s, train_s=train_s,
+               select_s=select_s, proxy_domains=json.dumps(domains.value_counts().sort_index().to_dict()),
+               **extra)  # fmt: skip
+    return row
+
+
+__all__ = [
+    "APPLICATIONS",
+    "BENCH_SAMPLERS",
+    "REGIMES",
+    "BenchContext",
+    "Cell",
+    "GridSpec",
+    "cell_key",
+    "grid_cells",
+    "grid_key",
+    "run_cell",
+]  # fmt: skip

@@ -1,0 +1,162 @@
+"""The benchmark grid (`ecos bench quality`): every cell, resume, validation, Table 4, plots.
+
+A tiny grid on the real data and backbone: two small client domains plus a distractor,
+K=4, budget 30, five training steps."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from ecos_cli.main import app
+from ecos_core import bench
+from ecos_core.bench import GridSpec, cell_key, grid_cells, grid_key
+from ecos_core.bench_report import all_plots, table4_frame, table4_markdown
+
+runner = CliRunner()
+PNG = b"\x89PNG\r\n\x1a\n"
+ARGS = ["bench", "quality", "--client-domains", "mnistm,mnist", "--domain-sizes", "mnistm=150,mnist=150,animal=150",
+        "--n-client-train", "40", "--n-client-test", "40", "--k", "4", "--budgets", "30",
+        "--samplers", "ecos,oracle,random,local", "--applications", "labeling,compression,client_labeling",
+        "--seeds", "0", "--sigmas", "6.1", "--max-epochs", "1", "--max-steps", "5", "--batch-size", "32",
+        "--teacher-size", "100", "--no-progress"]  # fmt: skip
+SPEC = GridSpec(client_domains=("mnistm", "mnist"), domain_sizes={"mnistm": 150, "mnist": 150, "animal": 150},
+                n_client_train=40, n_client_test=40, k=4, budgets=(30,), samplers=("ecos", "oracle", "random", "local"),
+                applications=("labeling", "compression", "client_labeling"), seeds=(0,), sigmas=(6.1,),
+                train={"max_epochs": 1, "max_steps": 5, "batch_size": 32}, teacher_size=100)  # fmt: skip
+
+
+def _invoke(store, out, extra=()):
+    return runner.invoke(app, [*ARGS, *extra, "--store", str(store), "--out", str(out)])
+
+
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bench")
+    result = _invoke(root / "store", root / "out")
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    return root, result
+
+
+def test_cli_spec_matches_the_grid(first_run):
+    root, _ = first_run
+    assert (root / "store" / "bench" / grid_key(SPEC) / "spec.json").is_file()
+
+
+def test_a_row_for_every_cell(first_run):
+    root, result = first_run
+    frame = pd.read_csv(root / "out" / "results.csv")
+    cells = grid_cells(SPEC)
+    # 2 domains × (labeling 4 + compression 3 + client_labeling 3): Local only for labeling
+    assert len(cells) == 20 and len(frame) == 20
+    fields = list(bench.ROW_FIELDS)
+    got = set(frame[fields].fillna({"sigma": -1.0}).itertuples(index=False, name=None))
+    want = {tuple(-1.0 if v is None else v for v in (c.model_dump()[f] for f in fields)) for c in cells}
+    assert got == want
+    for col in ("accuracy", "epsilon", "proxy_size", "unspent", "distractor_share", "client_domain_share",
+                "bytes_down", "bytes_up", "client_macs", "client_s", "train_s"):  # fmt: skip
+        assert col in frame, col
+    assert frame["accuracy"].between(0, 1).all()
+    lab = frame[(frame["sampler"] == "ecos") & (frame["application"] == "labeling")]
+    assert (lab["epsilon"] - 0.5839).abs().max() < 1e-3
+    assert (lab["bytes_down"] > 4 * 4 * 1280).all() and (lab["bytes_up"] > 4 * 4).all()
+    assert (frame.loc[frame["sampler"] == "oracle", "epsilon"] == float("inf")).all()
+    kl = frame[(frame["sampler"] == "ecos") & (frame["application"] == "client_labeling")]
+    assert (kl["epsilon"] > lab["epsilon"].max()).all()  # coverage + kNN labels compose
+    assert (frame.loc[frame["sampler"] != "local", "proxy_size"] == 30).all()
+    assert "20 computed, 0 reused" in result.output
+
+
+def test_resume_computes_nothing_twice(first_run, monkeypatch):
+    root, _ = first_run
+    calls = []
+    real = bench.run_cell
+
+    def counting(cell, ctx):
+        calls.append(cell)
+        return real(cell, ctx)
+
+    monkeypatch.setattr(bench, "run_cell", counting)
+    result = _invoke(root / "store", root / "out2")
+    assert result.exit_code == 0, result.output
+    assert calls == [] and "0 computed, 20 reused" in result.output
+    # a lost cell (interrupted run) is the only one recomputed
+    cells_dir = root / "store" / "bench" / grid_key(SPEC) / "cells"
+    victim = cells_dir / f"{cell_key(grid_cells(SPEC)[0], SPEC)}.json"
+    victim.unlink()
+    result = _invoke(root / "store", root / "out2")
+    assert result.exit_code == 0 and len(calls) == 1 and calls[0] == grid_cells(SPEC)[0]
+    assert victim.is_file()
+    assert pd.read_csv(root / "out2" / "results.csv").shape[0] == 20
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "words"),
+    [("--client-domains", "mnistm,klingon", "klingon"), ("--samplers", "ecos,psychic", "psychic"),
+     ("--applications", "labeling,telepathy", "telepathy"), ("--regimes", "sideways", "sideways")],
+)  # fmt: skip
+def test_unknown_axis_values_are_rejected_before_running(tmp_path, monkeypatch, flag, value, words):
+    def boom(*_a, **_k):
+        raise AssertionError("nothing may run for an invalid grid")
+
+    monkeypatch.setattr(bench, "run_cell", boom)
+    monkeypatch.setattr(bench, "BenchContext", boom)
+    args = [*ARGS, "--regimes", "id+ood"]
+    args[args.index(flag) + 1] = value
+    result = runner.invoke(app, [*args, "--store", str(tmp_path / "s"), "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2
+    assert words in result.output and "invalid benchmark grid" in result.output
+    assert not (tmp_path / "s").exists()
+
+
+def test_spec_validation_messages():
+    with pytest.raises(ValueError, match="unknown sampler"):
+        GridSpec(samplers="ecos,nope")
+    with pytest.raises(ValueError, match="unknown application"):
+        GridSpec(applications=["labeling", "nope"])
+    with pytest.raises(ValueError, match="klingon"):
+        GridSpec(client_domains="klingon")
+    with pytest.raises(ValueError, match="fewer than the client"):
+        GridSpec(client_domains="mnist", domain_sizes={"mnist": 50, "animal": 50})
+
+
+def test_cell_keys_are_stable_and_distinct():
+    keys = [cell_key(c, SPEC) for c in grid_cells(SPEC)]
+    assert keys == [cell_key(c, GridSpec.model_validate(SPEC.model_dump())) for c in grid_cells(SPEC)]
+    assert len(set(keys)) == len(keys)
+    # growing an axis keeps the grid key (finished cells are reused), changing the setting does not
+    assert grid_key(SPEC.model_copy(update={"seeds": (0, 1)})) == grid_key(SPEC)
+    assert grid_key(GridSpec.model_validate({**SPEC.model_dump(), "k": 5})) != grid_key(SPEC)
+    two_sigmas = grid_cells(SPEC.model_copy(update={"sigmas": (3.0, 6.1)}))
+    assert sum(c.sampler == "ecos" for c in two_sigmas) == 2 * sum(c.sampler == "ecos" for c in grid_cells(SPEC))
+
+
+def test_table4_layout(first_run):
+    root, result = first_run
+    md = (root / "out" / "table4.md").read_text()
+    assert md in result.output
+    for app_name in ("labeling", "compression", "client_labeling"):
+        assert f"### {app_name} · budget 30 · id+ood" in md
+    frame = pd.read_csv(root / "out" / "results.csv")
+    lab = table4_frame(frame, "labeling", 30, "id+ood")
+    assert list(lab.columns) == ["sampler", "mnistm", "mnist", "ε", "Average"]
+    assert list(lab["sampler"]) == ["ecos", "oracle", "random", "local"]
+    assert lab["mnistm"].str.fullmatch(r"\d+\.\d ± \d+\.\d").all()
+    assert list(lab["ε"]) == ["0.58", "∞", "0", "0"]
+    comp = table4_frame(frame, "compression", 30, "id+ood")
+    assert list(comp["sampler"]) == ["ecos", "oracle", "random"]
+    # several σ: one ECOS row per σ
+    two = pd.concat([frame, frame[frame["sampler"] == "ecos"].assign(sigma=3.0, epsilon=1.4)])
+    assert "ecos (σ=3)" in table4_markdown(two) and "ecos (σ=6.1)" in table4_markdown(two)
+
+
+def test_plots_are_png(first_run):
+    root, _ = first_run
+    for name in ("accuracy_vs_budget.png", "accuracy_vs_epsilon.png", "domain_mix.png"):
+        assert (root / "out" / name).read_bytes().startswith(PNG)
+        assert (root / "store" / "bench" / grid_key(SPEC) / name).read_bytes().startswith(PNG)
+    frame = pd.read_csv(root / "out" / "results.csv")
+    sweep = pd.concat([frame, frame[frame["sampler"] == "ecos"].assign(sigma=3.0, epsilon=1.4),
+                       frame.assign(budget=60)])  # fmt: skip
+    assert all(png.startswith(PNG) for png in all_plots(sweep).values())
