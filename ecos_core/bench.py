@@ -27,200 +27,43 @@ import json
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ecos_core import layout
-from ecos_core.backbone import BackboneSpec, Preprocessing, load_backbone
-from ecos_core.config import DEFAULT_DOMAIN_SIZES, DataConfig
+from ecos_core.backbone import BackboneSpec, load_backbone
 from ecos_core.coverage import add_noise, coverage_counts
-from ecos_core.data.builtin import BUILTIN_DOMAINS, DISTRACTOR_DOMAINS, load_domain
+from ecos_core.data.builtin import DISTRACTOR_DOMAINS, load_domain
 from ecos_core.data.split import REGIMES, split_client_pool, subsample
-from ecos_core.distill import TEACHER_WIDTH, DistillConfig, distill, train_teacher
+from ecos_core.distill import distill, train_teacher
 from ecos_core.features import content_key, embed
 from ecos_core.index import PoolIndex, build_index, l2_normalize
 from ecos_core.privacy import gaussian_epsilon, gaussian_event
 from ecos_core.private_knn import combined_epsilon, private_knn_event, private_knn_labels
 from ecos_core.protocol import Response, encode_probe, encode_response
-from ecos_core.samplers import SAMPLERS, SamplingPool, make_sampler
+from ecos_core.samplers import SamplingPool, make_sampler
 from ecos_core.store import Store
-from ecos_core.train import TrainConfig, accuracy, train_classifier
+from ecos_core.train import accuracy, train_classifier
 from ecos_core.types import ImageSet
 
-APPLICATIONS: tuple[str, ...] = ("labeling", "compression", "client_labeling")
-BENCH_SAMPLERS: tuple[str, ...] = (*SAMPLERS, "local")
-NOISY_SAMPLERS = ("ecos",)  # the only samplers whose result depends on σ
-LOCAL_APPLICATIONS = ("labeling",)  # Local trains on the client's labelled data: no proxy set
-MOBILENET_V2_MACS_224 = 0.30e9  # multiply-accumulates per image at 224×224
-ROW_FIELDS = ("client_domain", "regime", "budget", "sampler", "application", "seed", "sigma")
+from ecos_core.bench_grid import (
+    APPLICATIONS,
+    BENCH_SAMPLERS,
+    NOISY_SAMPLERS,
+    LOCAL_APPLICATIONS,
+    MOBILENET_V2_MACS_224,
+    ROW_FIELDS,
+    GridSpec,
+    Cell,
+    grid_key,
+    cell_key,
+    grid_cells,
+)
 
 
-def _csv(values: Any) -> Any:
-    """Accept "a,b" as well as lists (CLI and JSON both work)."""
-    if isinstance(values, str):
-        return [v.strip() for v in values.split(",") if v.strip()]
-    return values
-
-
-class GridSpec(BaseModel):
-    """The benchmark grid: axes (tuples) and the fixed setting every cell shares."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    # axes
-    client_domains: tuple[str, ...] = ("mnistm",)
-    regimes: tuple[Literal["id+ood", "ood"], ...] = ("id+ood",)
-    budgets: tuple[int, ...] = (1000,)
-    samplers: tuple[str, ...] = ("ecos", "oracle", "random", "kcenter", "local")
-    applications: tuple[str, ...] = ("labeling",)
-    seeds: tuple[int, ...] = (0, 1, 2)
-    sigmas: tuple[float, ...] = (6.1,)
-    # setting
-    domain_sizes: dict[str, int] = Field(default_factory=lambda: dict(DEFAULT_DOMAIN_SIZES))
-    n_client_train: int = Field(1000, ge=1)
-    n_client_test: int = Field(1000, ge=1)
-    k: int = Field(100, ge=2)
-    niter: int = Field(25, ge=1)
-    nredo: int = Field(3, ge=1)
-    preprocessing: Preprocessing = Preprocessing()
-    embed_batch_size: int = Field(128, ge=1)
-    delta: float = Field(1e-5, gt=0, lt=1)
-    threshold_sigmas: float = Field(3.0, ge=0)
-    threshold_share: float = Field(0.005, ge=0, lt=1)
-    exhausted: Literal["fill", "stop"] = "fill"
-    train: TrainConfig = TrainConfig()
-    teacher_size: int = Field(3000, ge=10)
-    temperature: float = Field(4.0, gt=0)
-    student_width: int = Field(16, ge=4)
-    knn_k: int = Field(10, ge=1)
-    knn_sigma: float = Field(4.0, gt=0)
-
-    @field_validator("client_domains", "samplers", "applications", "regimes", "budgets", "seeds", "sigmas", mode="before")
-    @classmethod
-    def _split_csv(cls, value: Any) -> Any:
-        return _csv(value)
-
-    @field_validator("client_domains", "samplers", "applications", "regimes", "budgets", "seeds", "sigmas")
-    @classmethod
-    def _non_empty_unique(cls, value: tuple, info: Any) -> tuple:
-        if not value:
-            raise ValueError(f"{info.field_name} must name at least one value")
-        return tuple(dict.fromkeys(value))  # drop repeats, keep order
-
-    @field_validator("client_domains")
-    @classmethod
-    def _known_client_domains(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        unknown = [d for d in value if d not in BUILTIN_DOMAINS]
-        if unknown:
-            raise ValueError(f"unknown client domain(s) {unknown}; built-in: {list(BUILTIN_DOMAINS)}")
-        return value
-
-    @field_validator("samplers")
-    @classmethod
-    def _known_samplers(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        unknown = [s for s in value if s not in BENCH_SAMPLERS]
-        if unknown:
-            raise ValueError(f"unknown sampler(s) {unknown}; known: {list(BENCH_SAMPLERS)}")
-        return value
-
-    @field_validator("applications")
-    @classmethod
-    def _known_applications(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        unknown = [a for a in value if a not in APPLICATIONS]
-        if unknown:
-            raise ValueError(f"unknown application(s) {unknown}; known: {list(APPLICATIONS)}")
-        return value
-
-    @field_validator("budgets")
-    @classmethod
-    def _positive_budgets(cls, value: tuple[int, ...]) -> tuple[int, ...]:
-        if any(b < 1 for b in value):
-            raise ValueError(f"budgets must be >= 1, got {list(value)}")
-        return value
-
-    @field_validator("sigmas")
-    @classmethod
-    def _positive_sigmas(cls, value: tuple[float, ...]) -> tuple[float, ...]:
-        if any(not s > 0 for s in value):
-            raise ValueError(f"sigmas must be > 0 (σ=0 is the oracle sampler), got {list(value)}")
-        return value
-
-    @model_validator(mode="after")
-    def _data_configs(self) -> GridSpec:
-        # DataConfig checks domain names, sizes and that the client's train+test fit.
-        for domain in self.client_domains:
-            for regime in self.regimes:
-                try:
-                    self.data_config(domain, regime)
-                except ValidationError as err:
-                    msgs = "; ".join(e["msg"].removeprefix("Value error, ") for e in err.errors())
-                    raise ValueError(f"client domain {domain!r}, regime {regime!r}: {msgs}") from None
-        if self.knn_k > self.n_client_train:
-            raise ValueError(f"knn_k {self.knn_k} is larger than n_client_train {self.n_client_train}")
-        return self
-
-    def data_config(self, client_domain: str, regime: str) -> DataConfig:
-        return DataConfig(domain_sizes=self.domain_sizes, client_domain=client_domain, regime=regime,  # type: ignore[arg-type]
-                          n_client_train=self.n_client_train, n_client_test=self.n_client_test)  # fmt: skip
-
-    def setting(self) -> dict:
-        """Everything but the axes: what makes two cells with equal fields comparable."""
-        axes = {"client_domains", "regimes", "budgets", "samplers", "applications", "seeds", "sigmas"}
-        return self.model_dump(mode="json", exclude=axes)
-
-    @property
-    def teacher_train(self) -> TrainConfig:
-        return self.train.model_copy(update={"width": TEACHER_WIDTH})
-
-    @property
-    def distill_config(self) -> DistillConfig:
-        return DistillConfig(temperature=self.temperature, student_width=self.student_width, train=self.train)
-
-
-def grid_key(spec: GridSpec) -> str:
-    """Key of the grid's setting (not its axes): growing an axis keeps finished cells."""
-    return content_key("ecos-bench-grid-v1", spec.setting())[:16]
-
-
-class Cell(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    client_domain: str
-    regime: str
-    budget: int
-    sampler: str
-    application: str
-    seed: int
-    sigma: float | None = None  # only samplers in NOISY_SAMPLERS have one
-
-
-def cell_key(cell: Cell, spec: GridSpec) -> str:
-    """Stable content hash of a cell under the grid's setting."""
-    return content_key("ecos-bench-cell-v1", spec.setting(), cell.model_dump(mode="json"))[:24]
-
-
-def grid_cells(spec: GridSpec) -> list[Cell]:
-    """Every cell of the grid, seed-major (cells sharing features run together).
-
-    σ only multiplies the noisy samplers; Local exists only for the applications in
-    LOCAL_APPLICATIONS."""
-    cells = []
-    for seed in spec.seeds:
-        for domain in spec.client_domains:
-            for regime in spec.regimes:
-                for application in spec.applications:
-                    for budget in spec.budgets:
-                        for sampler in spec.samplers:
-                            if sampler == "local" and application not in LOCAL_APPLICATIONS:
-                                continue
-                            sigmas = spec.sigmas if sampler in NOISY_SAMPLERS else (None,)
-                            for sigma in sigmas:
-                                cells.append(Cell(client_domain=domain, regime=regime, budget=budget, sampler=sampler,
-                                                  application=application, seed=seed, sigma=sigma))  # fmt: skip
-    return cells
+__all__ = ["APPLICATIONS", "BENCH_SAMPLERS", "NOISY_SAMPLERS", "LOCAL_APPLICATIONS", "MOBILENET_V2_MACS_224", "ROW_FIELDS", "GridSpec", "Cell", "grid_key", "cell_key", "grid_cells", "BenchContext", "Setup", "run_cell"]
 
 
 @dataclass
