@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import Optional
 
+import numpy as np
 import typer
 
 # Before Prefect is imported anywhere: no telemetry from the embedded (serverless) mode.
@@ -30,6 +31,9 @@ from ecos_cli.infra import infra_app  # noqa: E402 (light: imports infra lazily)
 app.add_typer(infra_app, name="infra")
 from ecos_cli.bench import bench_app  # noqa: E402
 app.add_typer(bench_app, name="bench")
+labels_app = typer.Typer(help="Selective manual labeling: export a round's proxy set to annotators, import and train.",
+                         no_args_is_help=True)  # fmt: skip
+app.add_typer(labels_app, name="labels")
 
 StoreOpt = typer.Option(None, "--store", help="Artifact store URL (folder or s3://bucket/prefix). Default: $ECOS_STORE or ./ecos-store.")
 
@@ -268,6 +272,51 @@ def data_export(
 
     n = save_image_folder(load_dataset(spec, max_samples=max_samples, seed=seed), out)
     typer.echo(f"{n} images written under {out}")
+
+
+RoundOpt = typer.Option(..., "--round", help="The round.")
+ClientOpt = typer.Option("client-0", "--client", help="The client whose proxy set it is.")
+MethodOpt = typer.Option("ecos", "--method", help="The sampler that picked it (ecos, random, ...).")
+
+
+@labels_app.command("export")
+def labels_export(
+    out: str = typer.Argument(..., help="Annotation file to write (.csv or .json, any fsspec URL)."),
+    round_id: str = RoundOpt, client_id: str = ClientOpt, method: str = MethodOpt,
+    images: Optional[str] = typer.Option(None, help="Also write each image as <id>.png here; the file gets their URIs."),
+    store: Optional[str] = StoreOpt,
+) -> None:
+    """One row per selected sample: sample_id, image_uri, label (empty, for the annotators)."""
+    from tasks.annotation import export_selection
+
+    n = export_selection(_store_url(store), round_id, client_id, method, out, images)
+    typer.echo(f"{n} samples of {client_id}/{method} (round {round_id}) exported to {out}")
+
+
+@labels_app.command("import")
+def labels_import(
+    path: str = typer.Argument(..., help="The annotators' file (.csv or .json) with sample_id and label."),
+    round_id: str = RoundOpt, client_id: str = ClientOpt, method: str = MethodOpt,
+    store: Optional[str] = StoreOpt,
+) -> None:
+    """Validate the labels against the exported selection and store them; nothing is stored if any row is wrong."""
+    from tasks.annotation import import_selection_labels
+
+    labels = import_selection_labels(_store_url(store), round_id, client_id, method, path)
+    typer.echo(f"{len(labels)} labels imported for {client_id}/{method} (round {round_id}); "
+               f"classes {dict(sorted(zip(*map(list, np.unique(labels, return_counts=True)))))}")  # fmt: skip
+
+
+@labels_app.command("train")
+def labels_train(
+    round_id: str = RoundOpt, client_id: str = ClientOpt, method: str = MethodOpt, store: Optional[str] = StoreOpt,
+) -> None:
+    """Train on the selection with the imported labels; prints the accuracy on the client's test split."""
+    from tasks.annotation import train_on_annotations
+
+    row = train_on_annotations(_store_url(store), round_id, client_id, method)
+    typer.echo(f"{row['method']}: accuracy {row['accuracy']:.3f} on {row['proxy_size']} annotated samples "
+               f"(agreement with the pool's ground truth {row['label_agreement']:.3f}); model {row['model_key']}")
 
 
 def main() -> None:

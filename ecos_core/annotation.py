@@ -202,3 +202,24 @@ def import_labels(path: str, expected_ids: np.ndarray, classes: int = 10) -> np.
     if bad:
         raise LabelImportError(path, f"labels must be integers in 0..{classes - 1}", bad)
     return np.array([parsed[i] for i in expected], dtype=np.int64)
+
+
+# --------------------------------------------------------------------------- simulation
+
+
+def annotate_with_ground_truth(export_path: str, labels_by_id: dict[str, int], out_path: str) -> None:
+    """The benchmark's annotator: fill an exported file's label column from ground truth.
+
+    It reads the export like a person would (only the ids in it), so the benchmark's
+    labels take the same export → annotate → import_labels path as real annotators'."""
+    rows = _rows(export_path, _format(export_path), _read_text(export_path))
+    unknown = [i for i, _ in rows if i not in labels_by_id]
+    if unknown:
+        raise LabelImportError(export_path, "no ground truth for sample ids", unknown)
+    ids = [i for i, _ in rows]
+    frame = pd.DataFrame({ID_COLUMN: ids, URI_COLUMN: "", LABEL_COLUMN: [int(labels_by_id[i]) for i in ids]})
+    with fsspec.open(out_path, "w", encoding="utf-8", newline="") as fh:
+        if _format(out_path) == "csv":
+            fh.write(frame.to_csv(index=False))
+        else:
+            fh.write(frame.to_json(orient="records"))

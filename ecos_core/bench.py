@@ -9,7 +9,10 @@ round flow uses, so a rerun reuses them), the client/pool split, the K-means ind
 exact coverage counts and the compression teacher.
 
 Applications (what the proxy set is used for):
-  labeling         the annotator labels the selection (pool labels) -> train_classifier
+  labeling         the selection is exported for annotation, the pool's ground truth plays
+                   the annotator, the labels are imported (validated) -> train_classifier
+  labeling_fixmatch  the same labels plus the unlabelled members of the clusters the
+                   selection drew from -> FixMatch (semi-supervised)
   compression      a cloud teacher (trained once per seed, client domain and regime on a
                    labelled subset of that pool) is distilled into a student on the
                    selected images, which carry no labels
@@ -24,7 +27,9 @@ from __future__ import annotations
 
 import functools
 import json
+import tempfile
 import time
+from pathlib import Path
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -38,12 +43,14 @@ from ecos_core.coverage import add_noise, coverage_counts
 from ecos_core.data.builtin import DISTRACTOR_DOMAINS, load_domain
 from ecos_core.data.split import REGIMES, split_client_pool, subsample
 from ecos_core.distill import distill, train_teacher
+from ecos_core.annotation import annotate_with_ground_truth, export_for_annotation, import_labels
 from ecos_core.features import content_key, embed
 from ecos_core.index import PoolIndex, build_index, l2_normalize
 from ecos_core.privacy import gaussian_epsilon, gaussian_event
 from ecos_core.private_knn import combined_epsilon, private_knn_event, private_knn_labels
 from ecos_core.protocol import Response, encode_probe, encode_response
 from ecos_core.samplers import SamplingPool, make_sampler
+from ecos_core.semisup import FixMatchConfig, train_fixmatch
 from ecos_core.store import Store
 from ecos_core.train import accuracy, train_classifier
 from ecos_core.types import ImageSet
@@ -152,7 +159,7 @@ class BenchContext:
             raise ValueError(f"k={spec.k} is larger than the pool ({len(pool)} samples) for {client_domain}/{regime}")
         index = build_index(pool_f, spec.k, seed, spec.niter, spec.nredo)
         start = time.perf_counter()
-        counts = coverage_counts(train_f, index.centroids)
+        counts = coverage_counts(train_f, index.centroids, index.radii if spec.coverage == "ball" else None)
         score_s = time.perf_counter() - start
         per_image = self._embed_s.get((client_domain, seed), float("nan"))
         setup = Setup(train, test, pool, train_f, l2_normalize(pool_f), index, counts,
@@ -170,10 +177,10 @@ class BenchContext:
         return self._teachers[key]
 
 
-def _probe_bytes(k: int, dim: int, bspec: BackboneSpec, sigma: float, delta: float) -> tuple[int, int]:
+def _probe_bytes(k: int, dim: int, bspec: BackboneSpec, sigma: float, delta: float, ball: bool) -> tuple[int, int]:
     """(bytes down, bytes up) of one coverage round: probe.json + centroids.npy, response json."""
     _, probe_json, npy = encode_probe("bench-round", np.zeros((k, dim), np.float32), bspec, sigma, delta,
-                                      datetime(2030, 1, 1, tzinfo=UTC))  # fmt: skip
+                                      datetime(2030, 1, 1, tzinfo=UTC), np.zeros(k) if ball else None)  # fmt: skip
     up = encode_response(Response.from_scores("bench-round", "client-0", np.zeros(k)))
     return len(probe_json) + len(npy), len(up)
 
@@ -182,6 +189,16 @@ def _client_macs(spec: GridSpec, n_samples: int, k: int, dim: int) -> float:
     """Backbone MACs (0.30 GMAC at 224 px, ∝ pixels) plus K·d per sample for scoring."""
     per_image = MOBILENET_V2_MACS_224 * (spec.preprocessing.size / 224) ** 2
     return float(n_samples * (per_image + k * dim))
+
+
+def annotated_labels(proxy: ImageSet, classes: int) -> np.ndarray:
+    """Selective manual labeling, simulated: export the selection, let the pool's ground
+    truth annotate the file, import it with the same validation real annotators get."""
+    with tempfile.TemporaryDirectory(prefix="ecos-annotate-") as tmp:
+        export, done = str(Path(tmp) / "selection.csv"), str(Path(tmp) / "labelled.csv")
+        export_for_annotation(proxy.ids, None, export)
+        annotate_with_ground_truth(export, dict(zip(map(str, proxy.ids), proxy.labels.tolist())), done)
+        return import_labels(done, proxy.ids, classes)
 
 
 def run_cell(cell: Cell, ctx: BenchContext) -> dict:
@@ -217,17 +234,27 @@ def run_cell(cell: Cell, ctx: BenchContext) -> dict:
     if cell.sampler == "ecos":
         eps = gaussian_epsilon(cell.sigma, spec.delta)
         events.append(gaussian_event(cell.sigma))
-        down, up = _probe_bytes(k, dim, bspec, cell.sigma, spec.delta)
+        down, up = _probe_bytes(k, dim, bspec, cell.sigma, spec.delta, spec.coverage == "ball")
         macs, client_s = _client_macs(spec, len(s.train), k, dim), s.client_s
     elif cell.sampler == "oracle":  # exact counts: no noise, no guarantee
         eps = float("inf")
-        down, up = _probe_bytes(k, dim, bspec, 1.0, spec.delta)
+        down, up = _probe_bytes(k, dim, bspec, 1.0, spec.delta, spec.coverage == "ball")
         macs, client_s = _client_macs(spec, len(s.train), k, dim), s.client_s
     else:  # blind to the client
         eps, down, up, macs, client_s = 0.0, 0, 0, 0.0, 0.0
 
-    if cell.application == "labeling":
-        result = train_classifier(proxy, spec.train, cell.seed)
+    if len(picked) == 0:  # "stop" found no cluster worth sampling: nothing to train on
+        acc, train_s = float("nan"), 0.0
+    elif cell.application in ("labeling", "labeling_fixmatch"):
+        labelled = ImageSet(proxy.images, annotated_labels(proxy, spec.train.num_classes), proxy.domains, proxy.ids)
+        if cell.application == "labeling":
+            result = train_classifier(labelled, spec.train, cell.seed)
+        else:  # unlabelled: the rest of the clusters the selection came from
+            drawn = np.isin(s.index.assignments, np.unique(s.index.assignments[picked]))
+            drawn[picked] = False
+            unlabelled = s.pool.images[drawn] if drawn.any() else proxy.images
+            result = train_fixmatch(labelled, unlabelled, FixMatchConfig(train=spec.train), cell.seed)
+            extra.update(mask_rate=result.mask_rate, unlabelled_size=int(drawn.sum()))
         acc, train_s = accuracy(result.model, s.test), result.seconds
     elif cell.application == "compression":
         teacher = ctx.teacher(cell.client_domain, cell.regime, cell.seed)

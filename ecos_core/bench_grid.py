@@ -17,7 +17,7 @@ from ecos_core.features import content_key
 from ecos_core.samplers import SAMPLERS
 from ecos_core.train import TrainConfig
 
-APPLICATIONS: tuple[str, ...] = ("labeling", "compression", "client_labeling")
+APPLICATIONS: tuple[str, ...] = ("labeling", "labeling_fixmatch", "compression", "client_labeling")
 BENCH_SAMPLERS: tuple[str, ...] = (*SAMPLERS, "local")
 NOISY_SAMPLERS = ("ecos",)  # the only samplers whose result depends on σ
 LOCAL_APPLICATIONS = ("labeling",)  # Local trains on the client's labelled data: no proxy set
@@ -52,6 +52,7 @@ class GridSpec(BaseModel):
     k: int = Field(100, ge=2)
     niter: int = Field(25, ge=1)
     nredo: int = Field(3, ge=1)
+    coverage: Literal["ball", "nearest"] = "ball"  # see ecos_core.config.IndexConfig
     preprocessing: Preprocessing = Preprocessing()
     embed_batch_size: int = Field(128, ge=1)
     delta: float = Field(1e-5, gt=0, lt=1)

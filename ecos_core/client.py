@@ -54,7 +54,7 @@ def answer_probe(
     start = time.perf_counter()
     model, spec = load_backbone(probe.backbone, weights_path=weights_path)
     feats = embed(images, model, spec.preprocessing, show_bar=show_bar, desc=f"{client_id} features")
-    scores = noisy_coverage_scores(feats, centroids, probe.sigma, seed)
+    scores = noisy_coverage_scores(feats, centroids, probe.sigma, seed, probe.radii())
     wire = response_json_bytes(probe.round_id, client_id, scores)
     eps = gaussian_epsilon(probe.sigma, probe.delta)
     return ClientAnswer(wire, len(images), eps, time.perf_counter() - start)

@@ -62,6 +62,9 @@ class IndexConfig(BaseModel):
     nredo: int = Field(3, ge=1)
     preprocessing: Preprocessing = Preprocessing()
     batch_size: int = Field(128, ge=1)  # faster than 256+ on 2 CPU cores
+    # "ball": a client sample counts only inside its nearest cluster's ball (the probe sends
+    # the K radii); "nearest": it counts at its nearest centroid however far (the paper's rule)
+    coverage: Literal["ball", "nearest"] = "ball"
 
 
 class SamplingConfig(BaseModel):

@@ -9,12 +9,21 @@ from __future__ import annotations
 
 import numpy as np
 
-from ecos_core.index import l2_normalize, nearest_centroid
+from ecos_core.index import l2_normalize, nearest_with_distance
 
 
-def coverage_counts(features: np.ndarray, centroids: np.ndarray) -> np.ndarray:
-    """Exact (noise-free) number of local samples whose nearest centroid is each centroid."""
-    nearest = nearest_centroid(l2_normalize(features), centroids)
+def coverage_counts(features: np.ndarray, centroids: np.ndarray, radii: np.ndarray | None = None) -> np.ndarray:
+    """Exact (noise-free) number of local samples whose nearest centroid is each centroid.
+
+    With `radii` (the probe's cluster balls) a sample counts only inside its nearest
+    centroid's ball; one outside every ball counts nowhere. Either way a sample adds 1 to
+    at most one bin, so the sensitivity stays 1."""
+    nearest, distance = nearest_with_distance(l2_normalize(features), centroids)
+    if radii is not None:
+        radii = np.asarray(radii, dtype=np.float32)
+        if radii.shape != (len(centroids),):
+            raise ValueError(f"radii must have one value per centroid ({len(centroids)}), got shape {radii.shape}")
+        nearest = nearest[distance <= radii[nearest]]
     return np.bincount(nearest, minlength=len(centroids)).astype(np.float64)
 
 
@@ -31,7 +40,8 @@ def add_noise(counts: np.ndarray, sigma: float, seed: int | None = None) -> np.n
 
 
 def noisy_coverage_scores(
-    features: np.ndarray, centroids: np.ndarray, sigma: float, seed: int | None = None
-) -> np.ndarray:
+    features: np.ndarray, centroids: np.ndarray, sigma: float, seed: int | None = None,
+    radii: np.ndarray | None = None,
+) -> np.ndarray:  # fmt: skip
     """The K scalars a client sends: its coverage counts plus Gaussian noise."""
-    return add_noise(coverage_counts(features, centroids), sigma, seed)
+    return add_noise(coverage_counts(features, centroids, radii), sigma, seed)

@@ -26,6 +26,7 @@ class PoolIndex:
 
     centroids: np.ndarray  # float32 (K, d)
     assignments: np.ndarray  # int64 (N,)
+    radii: np.ndarray | None = None  # float32 (K,): each cluster's ball, see coverage_radii
 
     @property
     def k(self) -> int:
@@ -37,16 +38,34 @@ class PoolIndex:
 
 def nearest_centroid(features: np.ndarray, centroids: np.ndarray) -> np.ndarray:
     """Index (int64) of the nearest centroid of every row (exact L2 search)."""
+    return nearest_with_distance(features, centroids)[0]
+
+
+def nearest_with_distance(features: np.ndarray, centroids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(nearest centroid int64, its L2 distance float32) of every row (exact search)."""
     centroids = np.ascontiguousarray(centroids, dtype=np.float32)
     x = np.ascontiguousarray(features, dtype=np.float32)
     if x.ndim != 2 or centroids.ndim != 2 or x.shape[1] != centroids.shape[1]:
         raise ValueError(f"features {x.shape} and centroids {centroids.shape} must be (N, d) and (K, d)")
     if len(x) == 0:
-        return np.zeros(0, dtype=np.int64)
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
     search = faiss.IndexFlatL2(centroids.shape[1])
     search.add(centroids)
-    _, nearest = search.search(x, 1)
-    return nearest[:, 0].astype(np.int64)
+    squared, nearest = search.search(x, 1)
+    return nearest[:, 0].astype(np.int64), np.sqrt(np.maximum(squared[:, 0], 0)).astype(np.float32)
+
+
+def coverage_radii(features: np.ndarray, centroids: np.ndarray) -> np.ndarray:
+    """Each cluster's ball: the distance of its farthest pool member (0 for an empty one).
+
+    A centroid covers a client sample only inside this ball. Without it every client
+    sample counts for its nearest centroid however far away, so a client whose domain is
+    missing from the pool still votes, for whatever the pool has nearest (measured: 75% of
+    MNIST-M's votes fell on animal/letter clusters when MNIST-M was not in the pool)."""
+    nearest, distance = nearest_with_distance(l2_normalize(features), centroids)
+    radii = np.zeros(len(centroids), dtype=np.float32)
+    np.maximum.at(radii, nearest, distance)
+    return radii
 
 
 def build_index(features: np.ndarray, k: int = 100, seed: int = 0, niter: int = 25, nredo: int = 3) -> PoolIndex:
@@ -63,4 +82,4 @@ def build_index(features: np.ndarray, k: int = 100, seed: int = 0, niter: int = 
     kmeans = faiss.Kmeans(x.shape[1], k, niter=niter, nredo=nredo, seed=seed, max_points_per_centroid=len(x), verbose=False)
     kmeans.train(x)
     centroids = kmeans.centroids.astype(np.float32)
-    return PoolIndex(centroids=centroids, assignments=nearest_centroid(x, centroids))
+    return PoolIndex(centroids, nearest_centroid(x, centroids), coverage_radii(x, centroids))

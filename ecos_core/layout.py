@@ -39,6 +39,11 @@ def selection(round_id: str, client_id: str, method: str) -> str:
     return round_key(round_id, f"selections/{client_id}/{method}.npy")
 
 
+def labels(round_id: str, client_id: str, method: str) -> str:
+    """Annotators' labels of one selection, imported and validated (int64, selection order)."""
+    return round_key(round_id, f"labels/{client_id}/{method}.npy")
+
+
 def cache(kind: str, key: str) -> str:
     return f"cache/{kind}/{key}.json"
 

@@ -1,7 +1,8 @@
 """The two messages of a round, versioned and validated: probe (cloud → client) and
 response (client → cloud).
 
-Probe on the wire: `probe.json` (metadata) + `centroids.npy` (K×d float32, ≈ 4·K·d bytes).
+Probe on the wire: `probe.json` (metadata and the K cluster radii as base64 float32)
++ `centroids.npy` (K×d float32, ≈ 4·K·d bytes).
 Response on the wire: one small JSON whose scores are K little-endian float32 in base64
 (≈ 4·K bytes + ~300 bytes of ids), so nothing but the K noisy scalars and ids leaves the
 device. Every decoder checks size before parsing and never unpickles.
@@ -22,7 +23,8 @@ from ecos_core.backbone import BackboneSpec
 
 SCHEMA_VERSION = 1
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
-MAX_PROBE_JSON_BYTES = 16 * 1024
+MAX_PROBE_JSON_BYTES = 1024 * 1024  # metadata + base64 radii of up to 100,000 centroids
+MAX_INVITATION_BYTES = 16 * 1024
 MAX_RESPONSE_BYTES = 64 * 1024
 MAX_CENTROID_BYTES = 64 * 1024 * 1024
 
@@ -44,6 +46,17 @@ class Probe(BaseModel):
     delta: float = Field(gt=0, lt=1)
     deadline: AwareDatetime
     centroids_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    # each cluster's ball (ecos_core.index.coverage_radii); None: count at the nearest centroid, however far
+    radii_f32_b64: str | None = Field(None, max_length=MAX_PROBE_JSON_BYTES)
+
+    def radii(self) -> np.ndarray | None:
+        if self.radii_f32_b64 is None:
+            return None
+        return np.frombuffer(base64.b64decode(self.radii_f32_b64, validate=True), dtype="<f4").astype(np.float32)
+
+
+def _f32_b64(values: np.ndarray) -> str:
+    return base64.b64encode(np.asarray(values, dtype="<f4").tobytes()).decode()
 
 
 class Response(BaseModel):
@@ -57,8 +70,7 @@ class Response(BaseModel):
 
     @classmethod
     def from_scores(cls, round_id: str, client_id: str, scores: np.ndarray) -> "Response":
-        raw = np.asarray(scores, dtype="<f4").tobytes()
-        return cls(round_id=round_id, client_id=client_id, k=len(scores), scores_f32_b64=base64.b64encode(raw).decode())
+        return cls(round_id=round_id, client_id=client_id, k=len(scores), scores_f32_b64=_f32_b64(scores))
 
     def scores(self) -> np.ndarray:
         return np.frombuffer(base64.b64decode(self.scores_f32_b64, validate=True), dtype="<f4").astype(np.float64)
@@ -82,8 +94,9 @@ def _parse(model: type[BaseModel], data: bytes, source: str, limit: int) -> Base
 
 
 def encode_probe(
-    round_id: str, centroids: np.ndarray, backbone: BackboneSpec, sigma: float, delta: float, deadline: datetime
-) -> tuple[Probe, bytes, bytes]:
+    round_id: str, centroids: np.ndarray, backbone: BackboneSpec, sigma: float, delta: float, deadline: datetime,
+    radii: np.ndarray | None = None,
+) -> tuple[Probe, bytes, bytes]:  # fmt: skip
     """(probe, probe.json bytes, centroids.npy bytes)."""
     centroids = np.ascontiguousarray(centroids, dtype="<f4")
     buf = io.BytesIO()
@@ -98,6 +111,7 @@ def encode_probe(
         delta=delta,
         deadline=deadline,
         centroids_sha256=_sha256(npy),
+        radii_f32_b64=None if radii is None else _f32_b64(radii),
     )
     return probe, probe.model_dump_json(indent=1).encode(), npy
 
@@ -125,6 +139,12 @@ def decode_probe(
         raise ProtocolError(f"{where}: shape {centroids.shape}, the probe says ({probe.k}, {probe.dim})")
     if not np.isfinite(centroids).all():
         raise ProtocolError(f"{where}: contains NaN or inf")
+    try:
+        radii = probe.radii()
+    except (binascii.Error, ValueError) as err:
+        raise ProtocolError(f"{source}/probe.json: radii are not base64 float32 ({err})") from None
+    if radii is not None and (radii.shape != (probe.k,) or not np.isfinite(radii).all() or (radii < 0).any()):
+        raise ProtocolError(f"{source}/probe.json: radii must be {probe.k} finite non-negative numbers")
     return probe, centroids
 
 
@@ -196,6 +216,6 @@ class Invitation(BaseModel):
 
 
 def decode_invitation(data: bytes, source: str) -> Invitation:
-    invitation = _parse(Invitation, data, source, MAX_PROBE_JSON_BYTES)
+    invitation = _parse(Invitation, data, source, MAX_INVITATION_BYTES)
     assert isinstance(invitation, Invitation)
     return invitation

@@ -24,7 +24,7 @@ from flows.index_flow import index_flow
 from tasks.probe import publish_probe
 from tasks.report import write_report
 from tasks.responses import collect_responses
-from tasks.sampling import select_proxy_set
+from tasks.sampling import save_round_config, select_proxy_set
 from tasks.simulation import enroll_simulated_clients, launch_simulated_clients, oracle_counts
 from tasks.training import domain_local_accuracy
 
@@ -70,7 +70,7 @@ def round_flow(
     if simulate_clients:
         enroll_simulated_clients(store_url, list(cfg.clients), device_dir)
     probe = publish_probe(store_url, round_id, index_key, indexed["features"]["backbone"], cfg.sigma, cfg.delta,
-                          cfg.deadline_s, list(cfg.clients))  # fmt: skip
+                          cfg.deadline_s, list(cfg.clients), cfg.index.coverage)  # fmt: skip
     if simulate_clients:
         launch_simulated_clients(store_url, cfg, round_id, device_dir)
     watch.lap("probe")
@@ -82,6 +82,7 @@ def round_flow(
                                   probe["k"], cfg.poll_s, wait == "poll")  # fmt: skip
     watch.lap("wait for responses")
 
+    save_round_config(store_url, round_id, cfg)
     selections = []
     for client_id, answer in responses["accepted"].items():
         exact = oracle_counts(store_url, cfg, feature_keys, index_key, client_id) if "oracle" in cfg.sampling.samplers else None

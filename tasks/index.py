@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import time
 
 from prefect import get_run_logger, task
@@ -19,7 +20,7 @@ from tasks.features import features_of
 def build_pool_index(store_url: str, feature_keys: dict[str, str], data: DataConfig, index: IndexConfig, seed: int) -> dict:
     store = catalog.store(store_url)
     pool = catalog.split(data, seed)[2]
-    key = content_key(pool.ids, sorted(feature_keys.items()), index.k, index.niter, index.nredo, seed)
+    key = content_key(pool.ids, sorted(feature_keys.items()), index.k, index.niter, index.nredo, seed, "radii-v1")
     start = time.perf_counter()
     if store.exists(layout.index_part(key, "meta.json")):
         get_run_logger().info("index %s found in the store: KMeans skipped", key)
@@ -27,6 +28,7 @@ def build_pool_index(store_url: str, feature_keys: dict[str, str], data: DataCon
     result = build_index(features_of(store_url, feature_keys, data, seed, pool.ids), index.k, seed, index.niter, index.nredo)
     store.write_npy(layout.index_part(key, "centroids.npy"), result.centroids)
     store.write_npy(layout.index_part(key, "assignments.npy"), result.assignments)
+    store.write_npy(layout.index_part(key, "radii.npy"), result.radii)
     sizes = result.cluster_sizes()
     meta = {"key": key, "k": result.k, "pool_size": len(pool), "seconds": time.perf_counter() - start,
             "cluster_size_min": int(sizes.min()), "cluster_size_max": int(sizes.max())}  # fmt: skip
@@ -36,4 +38,6 @@ def build_pool_index(store_url: str, feature_keys: dict[str, str], data: DataCon
 
 def load_index(store_url: str, key: str) -> PoolIndex:
     store = catalog.store(store_url)
-    return PoolIndex(store.read_npy(layout.index_part(key, "centroids.npy")), store.read_npy(layout.index_part(key, "assignments.npy")))
+    part = functools.partial(layout.index_part, key)
+    return PoolIndex(store.read_npy(part("centroids.npy")), store.read_npy(part("assignments.npy")),
+                     store.read_npy(part("radii.npy")))  # fmt: skip

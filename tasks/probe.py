@@ -20,7 +20,7 @@ from tasks.index import load_index
 @task(name="publish-probe", **STORAGE_RETRIES)
 def publish_probe(
     store_url: str, round_id: str, index_key: str, backbone: dict, sigma: float, delta: float, deadline_s: float,
-    clients: list[str],
+    clients: list[str], coverage: str = "ball",
 ) -> dict:  # fmt: skip
     """Idempotent: a re-run of the round (after a suspend or a crash) finds its probe and
     publishes nothing new, so the deadline and the clients' invitations stay valid."""
@@ -32,8 +32,9 @@ def publish_probe(
         get_run_logger().info("probe of round %s already published: reused", round_id)
     else:
         deadline = datetime.now(timezone.utc) + timedelta(seconds=deadline_s)
-        centroids = load_index(store_url, index_key).centroids
-        probe, probe_json, npy = encode_probe(round_id, centroids, BackboneSpec(**backbone), sigma, delta, deadline)
+        index = load_index(store_url, index_key)
+        probe, probe_json, npy = encode_probe(round_id, index.centroids, BackboneSpec(**backbone), sigma, delta, deadline,
+                                              index.radii if coverage == "ball" else None)  # fmt: skip
         keys = {c: load_enrollment(store, c).key_b64 for c in clients}  # fails before anything is written
         # centroids first, probe.json last: whoever sees probe.json finds a complete probe
         store.write_bytes(npy_key, npy)  # may be left by a failed attempt: unseen until probe.json exists

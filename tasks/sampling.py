@@ -17,6 +17,14 @@ from tasks.index import load_index
 from ecos_core.index import l2_normalize
 
 
+@task(name="save-round-config", **STORAGE_RETRIES)
+def save_round_config(store_url: str, round_id: str, cfg: RoundConfig) -> str:
+    """The config the selections were made under: what `ecos labels` reads to rebuild them."""
+    key = layout.round_key(round_id, "config.json")
+    catalog.store(store_url).write_json(key, cfg.model_dump(mode="json"))
+    return key
+
+
 @task(name="select-proxy-set", **STORAGE_RETRIES)
 def select_proxy_set(
     store_url: str, cfg: RoundConfig, feature_keys: dict[str, str], index_key: str, round_id: str, client_id: str,

@@ -70,4 +70,5 @@ def oracle_counts(store_url: str, cfg: RoundConfig, feature_keys: dict[str, str]
     """Exact, noise-free coverage counts: what only a non-private oracle could know."""
     shard = client_shard(cfg, client_id)
     feats = features_of(store_url, feature_keys, cfg.data, cfg.seed, shard.ids)
-    return coverage_counts(feats, load_index(store_url, index_key).centroids).tolist()
+    index = load_index(store_url, index_key)
+    return coverage_counts(feats, index.centroids, index.radii if cfg.index.coverage == "ball" else None).tolist()

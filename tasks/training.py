@@ -34,7 +34,7 @@ def _save_model(store_url: str, round_id: str, client_id: str, method: str, stat
     return key
 
 
-def _train_once(store_url: str, cfg: RoundConfig, round_id: str, client_id: str, method: str, train: ImageSet) -> dict:
+def train_once(store_url: str, cfg: RoundConfig, round_id: str, client_id: str, method: str, train: ImageSet) -> dict:
     """Train unless this (client, method) already finished in an earlier attempt of the
     round: its row in the store is the checkpoint a re-run resumes from."""
     store = catalog.store(store_url)
@@ -52,13 +52,13 @@ def _train_once(store_url: str, cfg: RoundConfig, round_id: str, client_id: str,
 def train_on_selection(store_url: str, cfg: RoundConfig, round_id: str, client_id: str, method: str, selection_key: str) -> dict:
     pool = catalog.split(cfg.data, cfg.seed)[2]
     ids = catalog.store(store_url).read_npy(selection_key)
-    return _train_once(store_url, cfg, round_id, client_id, method, pool.subset(catalog.rows_of(ids, pool.ids)))
+    return train_once(store_url, cfg, round_id, client_id, method, pool.subset(catalog.rows_of(ids, pool.ids)))
 
 
 @task(name="train-local", **STORAGE_RETRIES)
 def train_local(store_url: str, cfg: RoundConfig, round_id: str, client_id: str) -> dict:
     """Local: the same model trained on the client's own data only."""
-    return _train_once(store_url, cfg, round_id, client_id, "local", client_shard(cfg, client_id))
+    return train_once(store_url, cfg, round_id, client_id, "local", client_shard(cfg, client_id))
 
 
 def read_training_rows(store_url: str, round_id: str, selections: list[dict], local_clients: list[str]) -> list[dict]:

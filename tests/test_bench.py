@@ -18,12 +18,12 @@ runner = CliRunner()
 PNG = b"\x89PNG\r\n\x1a\n"
 ARGS = ["bench", "quality", "--client-domains", "mnistm,mnist", "--domain-sizes", "mnistm=150,mnist=150,animal=150",
         "--n-client-train", "40", "--n-client-test", "40", "--k", "4", "--budgets", "30",
-        "--samplers", "ecos,oracle,random,local", "--applications", "labeling,compression,client_labeling",
+        "--samplers", "ecos,oracle,random,local", "--applications", "labeling,labeling_fixmatch,compression,client_labeling",
         "--seeds", "0", "--sigmas", "6.1", "--max-epochs", "1", "--max-steps", "5", "--batch-size", "32",
         "--teacher-size", "100", "--no-progress"]  # fmt: skip
 SPEC = GridSpec(client_domains=("mnistm", "mnist"), domain_sizes={"mnistm": 150, "mnist": 150, "animal": 150},
                 n_client_train=40, n_client_test=40, k=4, budgets=(30,), samplers=("ecos", "oracle", "random", "local"),
-                applications=("labeling", "compression", "client_labeling"), seeds=(0,), sigmas=(6.1,),
+                applications=("labeling", "labeling_fixmatch", "compression", "client_labeling"), seeds=(0,), sigmas=(6.1,),
                 train={"max_epochs": 1, "max_steps": 5, "batch_size": 32}, teacher_size=100)  # fmt: skip
 
 
@@ -48,8 +48,8 @@ def test_a_row_for_every_cell(first_run):
     root, result = first_run
     frame = pd.read_csv(root / "out" / "results.csv")
     cells = grid_cells(SPEC)
-    # 2 domains × (labeling 4 + compression 3 + client_labeling 3): Local only for labeling
-    assert len(cells) == 20 and len(frame) == 20
+    # 2 domains × (labeling 4 + labeling_fixmatch 3 + compression 3 + client_labeling 3): Local only for labeling
+    assert len(cells) == 26 and len(frame) == 26
     fields = list(bench.ROW_FIELDS)
     got = set(frame[fields].fillna({"sigma": -1.0}).itertuples(index=False, name=None))
     want = {tuple(-1.0 if v is None else v for v in (c.model_dump()[f] for f in fields)) for c in cells}
@@ -65,7 +65,9 @@ def test_a_row_for_every_cell(first_run):
     kl = frame[(frame["sampler"] == "ecos") & (frame["application"] == "client_labeling")]
     assert (kl["epsilon"] > lab["epsilon"].max()).all()  # coverage + kNN labels compose
     assert (frame.loc[frame["sampler"] != "local", "proxy_size"] == 30).all()
-    assert "20 computed, 0 reused" in result.output
+    fix = frame[frame["application"] == "labeling_fixmatch"]
+    assert fix["mask_rate"].between(0, 1).all() and (fix["unlabelled_size"] > 0).all()
+    assert "26 computed, 0 reused" in result.output
 
 
 def test_resume_computes_nothing_twice(first_run, monkeypatch):
@@ -80,7 +82,7 @@ def test_resume_computes_nothing_twice(first_run, monkeypatch):
     monkeypatch.setattr(bench, "run_cell", counting)
     result = _invoke(root / "store", root / "out2")
     assert result.exit_code == 0, result.output
-    assert calls == [] and "0 computed, 20 reused" in result.output
+    assert calls == [] and "0 computed, 26 reused" in result.output
     # a lost cell (interrupted run) is the only one recomputed
     cells_dir = root / "store" / "bench" / grid_key(SPEC) / "cells"
     victim = cells_dir / f"{cell_key(grid_cells(SPEC)[0], SPEC)}.json"
@@ -88,7 +90,7 @@ def test_resume_computes_nothing_twice(first_run, monkeypatch):
     result = _invoke(root / "store", root / "out2")
     assert result.exit_code == 0 and len(calls) == 1 and calls[0] == grid_cells(SPEC)[0]
     assert victim.is_file()
-    assert pd.read_csv(root / "out2" / "results.csv").shape[0] == 20
+    assert pd.read_csv(root / "out2" / "results.csv").shape[0] == 26
 
 
 @pytest.mark.parametrize(
@@ -136,7 +138,7 @@ def test_table4_layout(first_run):
     root, result = first_run
     md = (root / "out" / "table4.md").read_text()
     assert md in result.output
-    for app_name in ("labeling", "compression", "client_labeling"):
+    for app_name in ("labeling", "labeling_fixmatch", "compression", "client_labeling"):
         assert f"### {app_name} · budget 30 · id+ood" in md
     frame = pd.read_csv(root / "out" / "results.csv")
     lab = table4_frame(frame, "labeling", 30, "id+ood")

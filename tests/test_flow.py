@@ -102,3 +102,47 @@ def test_round_without_answers_fails_at_the_deadline(first_round, store_url, tmp
         round_flow(cfg, store_url, "t-round-4", False, str(tmp_path))
     ledger = Store(store_url).read_json(layout.round_key("t-round-4", "ledger.json"))
     assert ledger["missing"] == ["client-0"]
+
+
+def test_labels_export_import_train_through_the_cli(first_round, store_url, tmp_path):
+    """Selective manual labeling of a round's proxy set: export, annotate, import, train."""
+    from typer.testing import CliRunner
+
+    from ecos_cli.main import app
+
+    runner = CliRunner()
+    common = ["--round", "t-round-1", "--client", "client-0", "--method", "ecos", "--store", store_url]
+    export = tmp_path / "to-label.csv"
+    out = runner.invoke(app, ["labels", "export", str(export), *common, "--images", str(tmp_path / "png")])
+    assert out.exit_code == 0, out.output
+    frame = pd.read_csv(export, dtype=str, keep_default_na=False)
+    assert list(frame.columns) == ["sample_id", "image_uri", "label"] and len(frame) == TINY.sampling.budget
+    assert all((tmp_path / "png" / p.split("/")[-1]).is_file() for p in frame["image_uri"])
+    store = Store(store_url)
+    key = layout.labels("t-round-1", "client-0", "ecos")
+
+    # bad files are refused and store nothing
+    for bad_rows, words in ((frame.iloc[1:], "no label"), (pd.concat([frame, frame.iloc[:1]]), "duplicate")):
+        bad = bad_rows.assign(label="3")
+        bad.to_csv(tmp_path / "bad.csv", index=False)
+        out = runner.invoke(app, ["labels", "import", str(tmp_path / "bad.csv"), *common])
+        assert out.exit_code != 0 and words in str(out.exception) + out.output
+    frame.assign(label="12").to_csv(tmp_path / "bad.csv", index=False)
+    out = runner.invoke(app, ["labels", "import", str(tmp_path / "bad.csv"), *common])
+    assert out.exit_code != 0 and "0..9" in str(out.exception) + out.output
+    assert not store.exists(key)
+    out = runner.invoke(app, ["labels", "train", *common])
+    assert out.exit_code != 0 and "labels import" in str(out.exception)
+
+    # the annotators label everything "7": the model trained on it must say so
+    frame.assign(label="7").to_csv(tmp_path / "labelled.csv", index=False)
+    out = runner.invoke(app, ["labels", "import", str(tmp_path / "labelled.csv"), *common])
+    assert out.exit_code == 0, out.output
+    assert (store.read_npy(key) == 7).all()
+    out = runner.invoke(app, ["labels", "train", *common])
+    assert out.exit_code == 0, out.output
+    row = store.read_json(layout.training_row("t-round-1", "client-0", "ecos-annotated"))
+    assert row["proxy_size"] == TINY.sampling.budget and row["accuracy"] < 0.5
+    assert "agreement with the pool's ground truth" in out.output
+    out = runner.invoke(app, ["labels", "export", str(export), "--round", "no-such-round", "--store", store_url])
+    assert out.exit_code != 0 and "no config" in str(out.exception)

@@ -60,3 +60,15 @@ def test_noisy_scores_shape():
     x, _ = blobs()
     index = build_index(x, k=5)
     assert noisy_coverage_scores(x, index.centroids, 1.0, seed=0).shape == (5,)
+
+
+def test_ball_coverage_counts_members_and_ignores_far_samples():
+    x, truth = blobs()
+    index = build_index(x[truth < 4], k=4)  # the fifth blob is missing from the pool
+    # every pool member lies inside its own cluster's ball
+    assert np.array_equal(coverage_counts(x[truth < 4], index.centroids, index.radii), index.cluster_sizes())
+    far = x[truth == 4]
+    assert coverage_counts(far, index.centroids).sum() == len(far)  # nearest rule: all vote somewhere
+    assert coverage_counts(far, index.centroids, index.radii).sum() < 0.1 * len(far)  # ball: (almost) none
+    with pytest.raises(ValueError, match="one value per centroid"):
+        coverage_counts(far, index.centroids, index.radii[:2])

@@ -1,3 +1,4 @@
+import base64
 import io
 import json
 from datetime import datetime, timedelta, timezone
@@ -7,6 +8,7 @@ import pytest
 
 from ecos_core.backbone import BackboneSpec
 from ecos_core.protocol import (
+    MAX_PROBE_JSON_BYTES,
     ProtocolError,
     Response,
     decode_probe,
@@ -18,10 +20,10 @@ from ecos_core.protocol import (
 K, D = 100, 1280
 
 
-def probe_bytes(centroids=None, round_id="r1"):
+def probe_bytes(centroids=None, round_id="r1", radii=None):
     centroids = np.random.default_rng(0).normal(size=(K, D)).astype(np.float32) if centroids is None else centroids
     deadline = datetime.now(timezone.utc) + timedelta(minutes=5)
-    return encode_probe(round_id, centroids, BackboneSpec(), 6.1, 1e-5, deadline)
+    return encode_probe(round_id, centroids, BackboneSpec(), 6.1, 1e-5, deadline, radii)
 
 
 def npy(array) -> bytes:
@@ -35,6 +37,28 @@ def test_probe_round_trip_and_size_bound():
     got, centroids = decode_probe(pj, cn, "mem", "r1")
     assert got == probe and centroids.shape == (K, D)
     assert len(pj) + len(cn) <= 4 * K * D + 4096  # the bound on bytes to the client
+
+
+def test_probe_carries_the_cluster_radii():
+    radii = np.linspace(0.1, 1.2, K).astype(np.float32)
+    probe, pj, cn = probe_bytes(radii=radii)
+    got, _ = decode_probe(pj, cn, "mem", "r1")
+    np.testing.assert_array_equal(got.radii(), radii)
+    assert probe_bytes()[0].radii() is None  # the nearest-centroid rule: no radii sent
+    assert len(pj) + len(cn) <= 4 * K * D + 6 * K + 4096
+
+
+@pytest.mark.parametrize(
+    "radii, message",
+    [(np.ones(K - 1), "radii must be 100"), (np.full(K, -0.5), "non-negative"), (np.full(K, np.nan), "finite"),
+     ("!!not base64!!", "not base64")],
+)  # fmt: skip
+def test_probe_with_bad_radii_is_refused(radii, message):
+    _, pj, cn = probe_bytes()
+    meta = json.loads(pj)
+    meta["radii_f32_b64"] = radii if isinstance(radii, str) else base64.b64encode(np.asarray(radii, "<f4").tobytes()).decode()
+    with pytest.raises(ProtocolError, match=message):
+        decode_probe(json.dumps(meta).encode(), cn, "mem")
 
 
 def test_probe_wrong_round_is_refused():
@@ -93,7 +117,7 @@ def test_probe_malformed_json_and_oversize():
     with pytest.raises(ProtocolError, match="mem/probe.json"):
         decode_probe(b"{not json", cn, "mem")
     with pytest.raises(ProtocolError, match="limit"):
-        decode_probe(b" " * 100_000, cn, "mem")
+        decode_probe(b" " * (MAX_PROBE_JSON_BYTES + 1), cn, "mem")
 
 
 def good_response(scores=None, round_id="r1", client="c1") -> bytes:
