@@ -58,7 +58,7 @@ class GridSpec(BaseModel):
     delta: float = Field(1e-5, gt=0, lt=1)
     threshold_sigmas: float = Field(3.0, ge=0)
     threshold_share: float = Field(0.005, ge=0, lt=1)
-    exhausted: Literal["fill", "stop"] = "fill"
+    exhausted: Literal["fill", "stop"] = "stop"
     train: TrainConfig = TrainConfig()
     teacher_size: int = Field(3000, ge=10)
     temperature: float = Field(4.0, gt=0)

@@ -74,7 +74,8 @@ class SamplingConfig(BaseModel):
     samplers: tuple[str, ...] = ("ecos", "oracle", "random", "kcenter")
     threshold_sigmas: float = Field(3.0, ge=0)
     threshold_share: float = Field(0.005, ge=0, lt=1)
-    exhausted: Literal["fill", "stop"] = "fill"
+    # "stop": leave budget unspent rather than sample clusters the client does not cover
+    exhausted: Literal["fill", "stop"] = "stop"
 
     @field_validator("samplers")
     @classmethod

@@ -119,7 +119,7 @@ class ECOSSampler:
     seed: int = 0
     threshold_sigmas: float = 3.0
     threshold_share: float = 0.005
-    exhausted: Literal["fill", "stop"] = "fill"
+    exhausted: Literal["fill", "stop"] = "stop"
     name: str = "ecos"
 
     def keep_mask(self, scores: np.ndarray) -> np.ndarray:

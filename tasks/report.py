@@ -16,7 +16,7 @@ from tasks import catalog
 from tasks.common import STORAGE_RETRIES
 from tasks.simulation import client_shard
 
-COLUMNS = ["client_id", "method", "accuracy", "proxy_size", "client_domain_share", "distractor_share", "epsilon",
+COLUMNS = ["client_id", "method", "accuracy", "proxy_size", "unspent", "client_domain_share", "distractor_share", "epsilon",
            "bytes_down", "bytes_up", "select_s", "train_s", "epochs", "final_loss"]  # fmt: skip
 
 
@@ -24,6 +24,7 @@ def results_frame(cfg: RoundConfig, runs: list[dict], selections: list[dict], pr
     """One row per (client, method), with the privacy and communication cost of each."""
     eps = gaussian_epsilon(cfg.sigma, cfg.delta)
     select_s = {(s["client_id"], s["method"]): s["seconds"] for s in selections}
+    unspent = {(s["client_id"], s["method"]): s["unspent"] for s in selections}
     rows = []
     for run in runs:
         domains = pd.Series(run["domains"])
@@ -38,7 +39,7 @@ def results_frame(cfg: RoundConfig, runs: list[dict], selections: list[dict], pr
         rows.append({**run, "epsilon": cost[0], "bytes_down": cost[1], "bytes_up": cost[2],
                      "client_domain_share": float((domains == cfg.data.client_domain).mean()),
                      "distractor_share": float(domains.isin(DISTRACTOR_DOMAINS).mean()),
-                     "select_s": select_s.get((client, method), 0.0)})  # fmt: skip
+                     "select_s": select_s.get((client, method), 0.0), "unspent": unspent.get((client, method), 0)})  # fmt: skip
     return pd.DataFrame(rows)[COLUMNS]
 
 

@@ -41,6 +41,11 @@ def train_once(store_url: str, cfg: RoundConfig, round_id: str, client_id: str, 
     row_key = layout.training_row(round_id, client_id, method)
     if store.exists(row_key):
         return store.read_json(row_key)
+    if len(train) == 0:  # ECOS with exhausted="stop" kept no cluster: the pool does not cover the client
+        row = {"method": method, "client_id": client_id, "accuracy": float("nan"), "epochs": 0, "steps": 0,
+               "final_loss": float("nan"), "train_s": 0.0, "proxy_size": 0, "domains": [], "model_key": None}  # fmt: skip
+        store.write_json(row_key, row)
+        return row
     row, state = _fit(train, catalog.split(cfg.data, cfg.seed)[1], cfg)
     row = {"method": method, "client_id": client_id, **row, "domains": train.domains.tolist(),
            "model_key": _save_model(store_url, round_id, client_id, method, state)}  # fmt: skip
