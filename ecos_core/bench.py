@@ -260,13 +260,15 @@ def run_cell(cell: Cell, ctx: BenchContext) -> dict:
         teacher = ctx.teacher(cell.client_domain, cell.regime, cell.seed)
         result = distill(teacher.model.net, proxy.images, spec.distill_config, cell.seed)
         acc, train_s = accuracy(result.student, s.test), result.seconds
-        extra["teacher_accuracy"] = accuracy(teacher.model, s.test)
+        extra.update(teacher_accuracy=accuracy(teacher.model, s.test), teacher_params=result.teacher_size["params"],
+                     student_params=result.student_size["params"])  # fmt: skip
     elif cell.application == "client_labeling":
         t0 = time.perf_counter()
         labels = private_knn_labels(s.pool_features[picked], s.train_features, s.train.labels, k=spec.knn_k,
-                                    sigma=spec.knn_sigma, classes=spec.train.num_classes, seed=cell.seed)  # fmt: skip
+                                    sigma=spec.knn_sigma, classes=spec.train.num_classes,
+                                    sample_rate=spec.knn_sample_rate, seed=cell.seed)  # fmt: skip
         knn_s = time.perf_counter() - t0
-        knn = private_knn_event(max(len(picked), 1), spec.knn_sigma)
+        knn = private_knn_event(max(len(picked), 1), spec.knn_sigma, spec.knn_sample_rate)
         eps = float("inf") if cell.sampler == "oracle" else combined_epsilon([*events, knn], spec.delta)
         result = train_classifier(ImageSet(proxy.images, labels, proxy.domains, proxy.ids), spec.train, cell.seed)
         acc, train_s = accuracy(result.model, s.test), result.seconds
