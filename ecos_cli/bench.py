@@ -48,8 +48,9 @@ def run_grid(spec, store, show_bar: bool = True, cache_dir: str | None = None) -
     from ecos_core import bench
 
     key = bench.grid_key(spec)
-    store.write_json(f"bench/{key}/spec.json", spec.model_dump(mode="json"))
     ctx = bench.BenchContext(spec, store, cache_dir)
+    ctx.check()  # a client domain missing from the pool fails here, before anything is written
+    store.write_json(f"bench/{key}/spec.json", spec.model_dump(mode="json"))
     rows, computed = [], 0
     cells = bench.grid_cells(spec)
     with tqdm(cells, desc="bench cells", unit="cell", file=sys.stderr, disable=not show_bar) as bar:
@@ -83,6 +84,8 @@ def quality(
     max_steps: Optional[int] = typer.Option(None, help="Training steps cap (default 900)."),
     batch_size: Optional[int] = typer.Option(None, help="Training batch size (default 64)."),
     teacher_size: Optional[int] = typer.Option(None, help="Labelled pool samples of the compression teacher (default 3000)."),
+    pool_data: Optional[str] = typer.Option(None, help="A user's pool: image folder or manifest (uri,label,domain) URL."),
+    distractor_domains: Optional[str] = typer.Option(None, help="Comma-separated off-task domains of the pool."),
     config: Optional[Path] = typer.Option(None, help="GridSpec as JSON; flags override it."),
     store: Optional[str] = typer.Option(None, "--store", help="Store URL (default $ECOS_STORE or ./ecos-store)."),
     out: Path = typer.Option(Path("benchmarks/results/bench"), help="Folder for results.csv, table4.md and the plots."),
@@ -98,7 +101,8 @@ def quality(
             "applications": applications, "seeds": seeds, "sigmas": sigmas, "k": k,
             "domain_sizes": _domain_sizes(domain_sizes) if domain_sizes else None, "n_client_train": n_client_train,
             "n_client_test": n_client_test, "train.max_epochs": max_epochs, "train.max_steps": max_steps,
-            "train.batch_size": batch_size, "teacher_size": teacher_size,
+            "train.batch_size": batch_size, "teacher_size": teacher_size, "pool_data": pool_data,
+            "distractor_domains": distractor_domains,
         })  # fmt: skip
     except ValidationError as err:
         msgs = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'grid'}: {e['msg'].removeprefix('Value error, ')}"
@@ -113,24 +117,32 @@ def quality(
     import pandas as pd
 
     from ecos_core import bench
-    from ecos_core.bench_report import all_plots, table4_markdown
+    from ecos_core.bench_grid import reference_costs
+    from ecos_core.bench_report import all_plots, costs_markdown, table4_markdown
     from ecos_core.settings import Settings
     from ecos_core.store import Store
 
     settings = Settings()
     url = store or settings.store
     st = Store(url, settings.storage_options(url))
-    rows, computed = run_grid(spec, st, show_bar=progress, cache_dir=settings.cache_dir)
+    try:
+        rows, computed = run_grid(spec, st, show_bar=progress, cache_dir=settings.cache_dir)
+    except (ValueError, FileNotFoundError) as err:  # the pool's data: cells already stored stay
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(2) from None
     frame = pd.DataFrame(rows)
     md = table4_markdown(frame)
+    refs = {(d, r): reference_costs(spec, d, r) for d in spec.client_domains for r in spec.regimes}
+    costs = costs_markdown(frame, refs)
     plots = all_plots(frame)
     key = bench.grid_key(spec)
     out.mkdir(parents=True, exist_ok=True)
     csv = frame.to_csv(index=False)
-    files = {"results.csv": csv.encode(), "table4.md": md.encode(), **plots}
+    files = {"results.csv": csv.encode(), "table4.md": md.encode(), "costs.md": costs.encode(), **plots}
     for name, data in files.items():
         st.write_bytes(f"bench/{key}/{name}", data)
         (out / name).write_bytes(data)
     typer.echo(md)
+    typer.echo(costs)
     typer.echo(f"{len(rows)} cells ({computed} computed, {len(rows) - computed} reused) · grid {key} · "
                f"written to {st.uri(f'bench/{key}')} and {out}")  # fmt: skip

@@ -40,7 +40,8 @@ import pandas as pd
 from ecos_core import layout
 from ecos_core.backbone import BackboneSpec, load_backbone
 from ecos_core.coverage import add_noise, coverage_counts
-from ecos_core.data.builtin import DISTRACTOR_DOMAINS, load_domain
+from ecos_core.data.builtin import load_domain
+from ecos_core.data.user import load_dataset
 from ecos_core.data.split import REGIMES, split_client_pool, subsample
 from ecos_core.distill import distill, train_teacher
 from ecos_core.annotation import annotate_with_ground_truth, export_for_annotation, import_labels
@@ -112,9 +113,33 @@ class BenchContext:
         return model, spec
 
     def domains(self, seed: int) -> dict[str, ImageSet]:
+        """The pool's domains for this seed: built-in ones at domain_sizes, or the user's
+        pool_data split by its domain column (domain_sizes caps the domains it names)."""
         if seed not in self._domains:
-            self._domains[seed] = {n: load_domain(n, self.cache_dir, size, seed) for n, size in self.spec.domain_sizes.items()}
+            sizes = self.spec.domain_sizes
+            if self.spec.pool_data is None:
+                self._domains[seed] = {n: load_domain(n, self.cache_dir, size, seed) for n, size in sizes.items()}
+            else:
+                data = self._user_pool
+                names = sorted(set(data.domains.astype(str).tolist()))
+                self._domains[seed] = {n: subsample(data.subset(np.flatnonzero(data.domains.astype(str) == n)),
+                                                    sizes.get(n), seed) for n in names}  # fmt: skip
         return self._domains[seed]
+
+    @functools.cached_property
+    def _user_pool(self) -> ImageSet:
+        return load_dataset(str(self.spec.pool_data))
+
+    def check(self) -> None:
+        """Fail before any cell runs if a client domain cannot be split off the pool."""
+        parts = self.domains(self.spec.seeds[0])
+        for domain in self.spec.client_domains:
+            if domain not in parts:
+                raise ValueError(f"client domain {domain!r} is not in the pool; its domains: {sorted(parts)}")
+            needed = self.spec.n_client_train + self.spec.n_client_test
+            if len(parts[domain]) < needed:
+                raise ValueError(f"client domain {domain!r} has {len(parts[domain])} samples, fewer than the "
+                                 f"client's {needed} (train + test)")  # fmt: skip
 
     def features(self, name: str, seed: int) -> np.ndarray:
         """MobileNetV2 features of one domain's seeded subset; the store key is the round flow's."""
@@ -221,7 +246,7 @@ def run_cell(cell: Cell, ctx: BenchContext) -> dict:
 
     sampling_pool = SamplingPool(s.pool_features, s.index.assignments, s.index.centroids)
     ecos_params = dict(threshold_sigmas=spec.threshold_sigmas, threshold_share=spec.threshold_share,
-                       exhausted=spec.exhausted)  # fmt: skip
+                       exhausted=spec.exhausted, floor_sigmas=spec.floor_sigmas)  # fmt: skip
     noisy = add_noise(s.counts, cell.sigma, seed=cell.seed) if cell.sampler == "ecos" else None
     sampler = make_sampler(cell.sampler, seed=cell.seed, sigma=cell.sigma or 0.0, noisy_scores=noisy,
                            exact_counts=s.counts, **ecos_params)  # fmt: skip
@@ -282,7 +307,7 @@ def run_cell(cell: Cell, ctx: BenchContext) -> dict:
 
     domains = pd.Series(proxy.domains.astype(str))
     row.update(accuracy=acc, epsilon=eps, proxy_size=len(picked), unspent=max(cell.budget - len(picked), 0),
-               distractor_share=float(domains.isin(DISTRACTOR_DOMAINS).mean()) if len(picked) else 0.0,
+               distractor_share=float(domains.isin(spec.distractor_domains).mean()) if len(picked) else 0.0,
                client_domain_share=float((domains == cell.client_domain).mean()) if len(picked) else 0.0,
                bytes_down=int(down), bytes_up=int(up), client_macs=macs, client_s=client_s, train_s=train_s,
                select_s=select_s, proxy_domains=json.dumps(domains.value_counts().sort_index().to_dict()),

@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from ecos_core.backbone import Preprocessing
 from ecos_core.config import DEFAULT_DOMAIN_SIZES, DataConfig
-from ecos_core.data.builtin import BUILTIN_DOMAINS
+from ecos_core.data.builtin import BUILTIN_DOMAINS, DISTRACTOR_DOMAINS
 from ecos_core.distill import TEACHER_WIDTH, DistillConfig
 from ecos_core.features import content_key
 from ecos_core.samplers import SAMPLERS
@@ -23,6 +23,9 @@ NOISY_SAMPLERS = ("ecos",)  # the only samplers whose result depends on σ
 LOCAL_APPLICATIONS = ("labeling",)  # Local trains on the client's labelled data: no proxy set
 MOBILENET_V2_MACS_224 = 0.30e9  # multiply-accumulates per image at 224×224
 ROW_FIELDS = ("client_domain", "regime", "budget", "sampler", "application", "seed", "sigma")
+# Options added after cells were stored: they enter the grid key only when set, so adding
+# an option keeps every finished cell.
+_KEYED_WHEN_SET = ("pool_data", "distractor_domains")
 
 
 def _csv(values: Any) -> Any:
@@ -59,6 +62,7 @@ class GridSpec(BaseModel):
     threshold_sigmas: float = Field(3.0, ge=0)
     threshold_share: float = Field(0.005, ge=0, lt=1)
     exhausted: Literal["fill", "stop"] = "stop"
+    floor_sigmas: float = Field(1.0, ge=0)
     train: TrainConfig = TrainConfig()
     teacher_size: int = Field(3000, ge=10)
     temperature: float = Field(4.0, gt=0)
@@ -68,8 +72,13 @@ class GridSpec(BaseModel):
     # each kNN query sees a Poisson 10% subsample of the client: 1000 queries cost ε≈5.3 with
     # the coverage scores (σ=6.1) instead of ≈109 without subsampling (dp-accounting PLD)
     knn_sample_rate: float = Field(0.1, gt=0, le=1)
+    # a user's pool instead of the built-in one: an image folder or a manifest (uri, label,
+    # domain) at any fsspec URL; its `domain` values are the domains (domain_sizes caps them)
+    pool_data: str | None = None
+    distractor_domains: tuple[str, ...] = DISTRACTOR_DOMAINS  # off-task domains, for the distractor share
 
-    @field_validator("client_domains", "samplers", "applications", "regimes", "budgets", "seeds", "sigmas", mode="before")
+    @field_validator("client_domains", "samplers", "applications", "regimes", "budgets", "seeds", "sigmas",
+                     "distractor_domains", mode="before")  # fmt: skip
     @classmethod
     def _split_csv(cls, value: Any) -> Any:
         return _csv(value)
@@ -81,13 +90,6 @@ class GridSpec(BaseModel):
             raise ValueError(f"{info.field_name} must name at least one value")
         return tuple(dict.fromkeys(value))  # drop repeats, keep order
 
-    @field_validator("client_domains")
-    @classmethod
-    def _known_client_domains(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        unknown = [d for d in value if d not in BUILTIN_DOMAINS]
-        if unknown:
-            raise ValueError(f"unknown client domain(s) {unknown}; built-in: {list(BUILTIN_DOMAINS)}")
-        return value
 
     @field_validator("samplers")
     @classmethod
@@ -121,6 +123,13 @@ class GridSpec(BaseModel):
 
     @model_validator(mode="after")
     def _data_configs(self) -> GridSpec:
+        if self.knn_k > self.n_client_train:
+            raise ValueError(f"knn_k {self.knn_k} is larger than n_client_train {self.n_client_train}")
+        if self.pool_data is not None:  # a user's pool: its domains are known once loaded (BenchContext.check)
+            return self
+        unknown = [d for d in self.client_domains if d not in BUILTIN_DOMAINS]
+        if unknown:
+            raise ValueError(f"unknown client domain(s) {unknown}; built-in: {list(BUILTIN_DOMAINS)}")
         # DataConfig checks domain names, sizes and that the client's train+test fit.
         for domain in self.client_domains:
             for regime in self.regimes:
@@ -129,8 +138,6 @@ class GridSpec(BaseModel):
                 except ValidationError as err:
                     msgs = "; ".join(e["msg"].removeprefix("Value error, ") for e in err.errors())
                     raise ValueError(f"client domain {domain!r}, regime {regime!r}: {msgs}") from None
-        if self.knn_k > self.n_client_train:
-            raise ValueError(f"knn_k {self.knn_k} is larger than n_client_train {self.n_client_train}")
         return self
 
     def data_config(self, client_domain: str, regime: str) -> DataConfig:
@@ -140,7 +147,8 @@ class GridSpec(BaseModel):
     def setting(self) -> dict:
         """Everything but the axes: what makes two cells with equal fields comparable."""
         axes = {"client_domains", "regimes", "budgets", "samplers", "applications", "seeds", "sigmas"}
-        return self.model_dump(mode="json", exclude=axes)
+        unset = {n for n in _KEYED_WHEN_SET if getattr(self, n) == type(self).model_fields[n].default}
+        return self.model_dump(mode="json", exclude=axes | unset)
 
     @property
     def teacher_train(self) -> TrainConfig:
@@ -149,6 +157,18 @@ class GridSpec(BaseModel):
     @property
     def distill_config(self) -> DistillConfig:
         return DistillConfig(temperature=self.temperature, student_width=self.student_width, train=self.train)
+
+
+def reference_costs(spec: GridSpec, client_domain: str, regime: str, image_bytes: int = 28 * 28 * 3) -> dict:
+    """What the alternatives to an ECOS round would cost the client (the paper's
+    communication comparison): upload its training images, or download the pool (raw
+    uint8 images) and embed all of it on the device to choose locally."""
+    sizes = spec.domain_sizes
+    removed = spec.n_client_train + spec.n_client_test if regime == "id+ood" else sizes[client_domain]
+    pool = sum(sizes.values()) - removed
+    per_image = MOBILENET_V2_MACS_224 * (spec.preprocessing.size / 224) ** 2
+    return {"pool_size": pool, "upload_client_bytes": spec.n_client_train * image_bytes,
+            "download_pool_bytes": pool * image_bytes, "embed_pool_macs": pool * per_image}  # fmt: skip
 
 
 def grid_key(spec: GridSpec) -> str:

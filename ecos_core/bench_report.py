@@ -92,6 +92,32 @@ def table4_markdown(df: pd.DataFrame) -> str:
     return "\n\n".join(parts) + "\n"
 
 
+def costs_frame(df: pd.DataFrame, references: dict[tuple[str, str], dict]) -> pd.DataFrame:
+    """Per (client domain, regime): the median ECOS round's cost to the client beside the
+    alternatives in `references` (ecos_core.bench_grid.reference_costs)."""
+    ecos = df[(df["sampler"] == "ecos") & (df["application"] == "labeling")]
+    rows = []
+    for (domain, regime), grp in ecos.groupby(["client_domain", "regime"], sort=False):
+        ref = references[(domain, regime)]
+        down, up = grp["bytes_down"].median(), grp["bytes_up"].median()
+        rows.append({"client": domain, "regime": regime, "ECOS down (KB)": down / 1e3, "ECOS up (B)": up,
+                     "ECOS client GMAC": grp["client_macs"].median() / 1e9, "ECOS client s": grp["client_s"].median(),
+                     "upload client data (KB)": ref["upload_client_bytes"] / 1e3,
+                     "download pool (KB)": ref["download_pool_bytes"] / 1e3,
+                     "embed pool on device GMAC": ref["embed_pool_macs"] / 1e9,
+                     "pool / ECOS bytes": ref["download_pool_bytes"] / (down + up)})  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def costs_markdown(df: pd.DataFrame, references: dict[tuple[str, str], dict]) -> str:
+    frame = costs_frame(df, references)
+    if frame.empty:
+        return "(no ECOS labeling cells: nothing to cost)\n"
+    return ("Client cost of one ECOS round (median over cells) against uploading its data or downloading the "
+            "pool (uint8 images; embedding the pool on the device to choose locally).\n\n"
+            + frame.to_markdown(index=False, floatfmt=".4g") + "\n")  # fmt: skip
+
+
 def _png(fig: plt.Figure) -> bytes:
     buf = io.BytesIO()
     fig.tight_layout()

@@ -76,6 +76,7 @@ class SamplingConfig(BaseModel):
     threshold_share: float = Field(0.005, ge=0, lt=1)
     # "stop": leave budget unspent rather than sample clusters the client does not cover
     exhausted: Literal["fill", "stop"] = "stop"
+    floor_sigmas: float = Field(1.0, ge=0)  # "stop" goes past the kept clusters only down to this score
 
     @field_validator("samplers")
     @classmethod

@@ -109,9 +109,11 @@ class ECOSSampler:
         max(threshold_sigmas · σ, threshold_share · Σ positive scores):
     the σ term rejects bins that noise alone could fill (3σ: about 1 false bin in 740
     when K=100), the share term rejects bins that hold a negligible part of the client.
-    When the kept clusters cannot absorb the budget, `exhausted="fill"` continues with
-    the remaining clusters in score order (budget spent exactly), `"stop"` leaves the
-    rest unspent rather than sampling clusters the client does not cover.
+    When the kept clusters cannot absorb the budget, the rest goes to the remaining
+    clusters in descending score order: `exhausted="fill"` goes on until the budget is
+    spent; `"stop"` goes on only while a score reaches floor_sigmas · σ (above 1σ a bin
+    more likely holds client samples than not) and leaves the rest unspent rather than
+    sample clusters the client does not cover.
     With sigma=0 and exact counts this is the non-private Oracle.
     """
 
@@ -120,6 +122,7 @@ class ECOSSampler:
     threshold_sigmas: float = 3.0
     threshold_share: float = 0.005
     exhausted: Literal["fill", "stop"] = "stop"
+    floor_sigmas: float = 1.0
     name: str = "ecos"
 
     def keep_mask(self, scores: np.ndarray) -> np.ndarray:
@@ -131,10 +134,11 @@ class ECOSSampler:
         keep = self.keep_mask(scores)
         share = allocate_budget(np.where(keep, scores, 0.0), sizes, budget)
         left = budget - int(share.sum())
-        if left > 0 and self.exhausted == "fill":
+        if left > 0:
+            floor = -np.inf if self.exhausted == "fill" else self.floor_sigmas * self.sigma
             # next best clusters first, in descending score order
             for cluster in np.lexsort((np.arange(len(scores)), -scores)):
-                if left == 0:
+                if left == 0 or scores[cluster] < floor or (self.exhausted == "stop" and scores[cluster] <= 0):
                     break
                 extra = min(left, int(sizes[cluster] - share[cluster]))
                 share[cluster] += extra

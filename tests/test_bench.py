@@ -162,3 +162,55 @@ def test_plots_are_png(first_run):
     sweep = pd.concat([frame, frame[frame["sampler"] == "ecos"].assign(sigma=3.0, epsilon=1.4),
                        frame.assign(budget=60)])  # fmt: skip
     assert all(png.startswith(PNG) for png in all_plots(sweep).values())
+
+
+@pytest.fixture(scope="module")
+def user_pool(tmp_path_factory):
+    """A user's pool as a manifest: 120 optdigits images ("digits") and 120 animals ("shapes")."""
+    from PIL import Image
+
+    from ecos_core.data.builtin import load_domain
+
+    root = tmp_path_factory.mktemp("userpool")
+    rows = []
+    for domain, builtin in (("digits", "optdigits"), ("shapes", "animal")):
+        part = load_domain(builtin, max_samples=120, seed=0)
+        for i, (image, label) in enumerate(zip(part.images, part.labels)):
+            Image.fromarray(image).save(root / f"{domain}-{i}.png")
+            rows.append({"uri": f"{domain}-{i}.png", "label": int(label), "domain": domain})
+    pd.DataFrame(rows).to_csv(root / "pool.csv", index=False)
+    return root
+
+
+USER_ARGS = ["bench", "quality", "--client-domains", "digits", "--distractor-domains", "shapes",
+             "--n-client-train", "40", "--n-client-test", "40", "--k", "4", "--budgets", "20",
+             "--samplers", "ecos,random,local", "--applications", "labeling", "--seeds", "0", "--sigmas", "2",
+             "--max-epochs", "1", "--max-steps", "3", "--batch-size", "16", "--no-progress"]  # fmt: skip
+
+
+def test_grid_on_a_users_manifest_pool(user_pool, tmp_path):
+    store, out = tmp_path / "s", tmp_path / "o"
+    result = runner.invoke(app, [*USER_ARGS, "--pool-data", str(user_pool / "pool.csv"), "--store", str(store),
+                                 "--out", str(out)])  # fmt: skip
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    frame = pd.read_csv(out / "results.csv")
+    assert sorted(frame["sampler"]) == ["ecos", "local", "random"]
+    random = frame.set_index("sampler").loc["random"]
+    assert random["proxy_size"] == 20 and 0.2 < random["distractor_share"] < 1  # the pool is ~3/4 shapes
+    assert "### labeling · budget 20 · id+ood" in (out / "table4.md").read_text()
+
+
+@pytest.mark.parametrize(("change", "words"), [("client", "'nope' is not in the pool"), ("broken", "cannot load image uri")])
+def test_users_pool_errors_stop_before_anything_is_written(user_pool, tmp_path, change, words):
+    args, manifest = list(USER_ARGS), user_pool / "pool.csv"
+    if change == "client":
+        args[args.index("digits")] = "nope"
+    else:
+        table = pd.read_csv(manifest)
+        table.loc[3, "uri"] = "gone.png"
+        manifest = tmp_path / "broken.csv"
+        table.to_csv(manifest, index=False)
+    store = tmp_path / "s"
+    result = runner.invoke(app, [*args, "--pool-data", str(manifest), "--store", str(store), "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2 and words in result.output
+    assert not store.exists()

@@ -60,6 +60,19 @@ def test_ecos_fill_versus_stop_when_covered_clusters_run_out(pool):
     assert len(stop) == size  # the rest is left unspent rather than spent off-domain
 
 
+def test_ecos_stop_goes_past_kept_clusters_only_down_to_the_floor(pool):
+    # cluster 0 is kept (≥ 3σ); cluster 1 (2σ) is likely client data, cluster 2 (0.5σ) noise-level
+    s = np.array([200.0, 2.0, 0.5, 0, 0, 0, 0, 0])
+    sizes = np.bincount(pool.assignments, minlength=8)
+    budget = int(sizes[:3].sum())
+    stop = ECOSSampler(sigma=1.0, exhausted="stop", floor_sigmas=1.0).select_with_scores(pool, budget, s)
+    assert set(pool.assignments[stop]) == {0, 1} and len(stop) == sizes[0] + sizes[1]
+    strict = ECOSSampler(sigma=1.0, exhausted="stop", floor_sigmas=3.0).select_with_scores(pool, budget, s)
+    assert set(pool.assignments[strict]) == {0}
+    oracle = ECOSSampler(sigma=0.0, exhausted="stop").select_with_scores(pool, budget, s)  # floor 0: any positive count
+    assert set(pool.assignments[oracle]) == {0, 1, 2} and len(oracle) == budget
+
+
 def test_ecos_rejects_bad_scores(pool):
     with pytest.raises(ValueError, match="scores"):
         ECOSSampler(sigma=1).select_with_scores(pool, 10, np.ones(3))
