@@ -300,6 +300,7 @@ def unit(s3):
     centroids = np.random.default_rng(0).standard_normal((K, FEATURE_DIM)).astype("<f4")
     store.write_npy(layout.index_part("fake-index", "centroids.npy"), centroids)
     store.write_npy(layout.index_part("fake-index", "assignments.npy"), np.arange(40) % K)
+    store.write_npy(layout.index_part("fake-index", "radii.npy"), np.full(K, 2.0, "<f4"))
     return SimpleNamespace(url=url, store=store, keys=keys)
 
 

@@ -73,12 +73,13 @@ def test_second_round_reuses_cached_features_and_index(first_round, store_url, t
 
 
 def test_noise_above_every_count_leaves_the_budget_unspent(first_round, store_url, tmp_path):
-    """σ so large that no cluster passes the 3σ threshold: ECOS ("stop") selects nothing,
+    """σ so large that no cluster passes the 3σ threshold (and the floor is 3σ too): ECOS ("stop") selects nothing,
     the round still completes, and the report says how much budget was left."""
     from flows.round_flow import round_flow
 
     cfg = TINY.model_copy(update={"domain_report": False, "local_baseline": False, "sigma": 200.0,
-                                  "sampling": TINY.sampling.model_copy(update={"samplers": ("ecos", "random")})})  # fmt: skip
+                                  "sampling": TINY.sampling.model_copy(update={"samplers": ("ecos", "random"),
+                                                                               "floor_sigmas": 3.0})})  # fmt: skip
     out = round_flow(cfg, store_url, "t-round-empty", True, str(tmp_path))
     rows = pd.DataFrame(out["results"]).set_index("method")
     assert rows.loc["ecos", "proxy_size"] == 0 and rows.loc["ecos", "unspent"] == TINY.sampling.budget
