@@ -118,7 +118,7 @@ def quality(
 
     from ecos_core import bench
     from ecos_core.bench_grid import reference_costs
-    from ecos_core.bench_report import all_plots, costs_markdown, table4_markdown
+    from ecos_core.bench_report import all_plots, costs_markdown, proxy_mix_markdown, table4_markdown
     from ecos_core.settings import Settings
     from ecos_core.store import Store
 
@@ -138,7 +138,8 @@ def quality(
     key = bench.grid_key(spec)
     out.mkdir(parents=True, exist_ok=True)
     csv = frame.to_csv(index=False)
-    files = {"results.csv": csv.encode(), "table4.md": md.encode(), "costs.md": costs.encode(), **plots}
+    files = {"results.csv": csv.encode(), "table4.md": md.encode(), "costs.md": costs.encode(),
+             "proxy_mix.md": proxy_mix_markdown(frame).encode(), **plots}  # fmt: skip
     for name, data in files.items():
         st.write_bytes(f"bench/{key}/{name}", data)
         (out / name).write_bytes(data)

@@ -92,6 +92,22 @@ def table4_markdown(df: pd.DataFrame) -> str:
     return "\n\n".join(parts) + "\n"
 
 
+def proxy_mix_markdown(df: pd.DataFrame) -> str:
+    """Per (application, budget, regime): each method's mean distractor share, client-domain
+    share and unspent budget per client domain: where the proxy sets came from."""
+    df = with_method(df)
+    parts = []
+    for (application, budget, regime), part in df.groupby(["application", "budget", "regime"], sort=False):
+        table = part.groupby(["method", "client_domain"], sort=False)[["distractor_share", "client_domain_share", "unspent"]].mean()
+        wide = table.unstack("client_domain")
+        wide.columns = [f"{domain}: {what.replace('_share', '').replace('client_domain', 'own')}" for what, domain in wide.columns]
+        wide = wide.reindex(_method_order(list(wide.index)))
+        parts.append(f"### {application} · budget {budget} · {regime}\n\n"
+                     "Mean share of each proxy set from the off-task distractor domains and from the client's own "
+                     "domain, and the budget left unspent.\n\n" + wide.reset_index().to_markdown(index=False, floatfmt=".3g"))  # fmt: skip
+    return "\n\n".join(parts) + "\n"
+
+
 def costs_frame(df: pd.DataFrame, references: dict[tuple[str, str], dict]) -> pd.DataFrame:
     """Per (client domain, regime): the median ECOS round's cost to the client beside the
     alternatives in `references` (ecos_core.bench_grid.reference_costs)."""

@@ -141,6 +141,10 @@ def test_table4_layout(first_run):
     for app_name in ("labeling", "labeling_fixmatch", "compression", "client_labeling"):
         assert f"### {app_name} · budget 30 · id+ood" in md
     frame = pd.read_csv(root / "out" / "results.csv")
+    mix = (root / "out" / "proxy_mix.md").read_text()
+    assert "| method " in mix and "mnistm: distractor" in mix and "mnist: unspent" in mix
+    costs = (root / "out" / "costs.md").read_text()
+    assert "download pool (KB)" in costs and costs.count("| id+ood") == 2  # one row per client domain
     lab = table4_frame(frame, "labeling", 30, "id+ood")
     assert list(lab.columns) == ["sampler", "mnistm", "mnist", "ε", "Average"]
     assert list(lab["sampler"]) == ["ecos", "oracle", "random", "local"]
