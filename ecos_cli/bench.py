@@ -41,15 +41,16 @@ def build_spec(config: Optional[Path], overrides: dict):
     return GridSpec.model_validate(base)
 
 
-def run_grid(spec, store, show_bar: bool = True, cache_dir: str | None = None) -> tuple[list[dict], int]:
-    """Run every cell not yet in the store; returns (rows of all cells, number computed now)."""
+def run_grid(spec, store, show_bar: bool = True, cache_dir: str | None = None):  # noqa: ANN201
+    """Run every cell not yet in the store; returns (rows of all cells, number computed now,
+    the grid's key, its BenchContext)."""
     from tqdm import tqdm
 
     from ecos_core import bench
 
-    key = bench.grid_key(spec)
     ctx = bench.BenchContext(spec, store, cache_dir)
     ctx.check()  # a client domain missing from the pool fails here, before anything is written
+    key = bench.grid_key(spec, ctx.data_key())
     store.write_json(f"bench/{key}/spec.json", spec.model_dump(mode="json"))
     rows, computed = [], 0
     cells = bench.grid_cells(spec)
@@ -64,7 +65,7 @@ def run_grid(spec, store, show_bar: bool = True, cache_dir: str | None = None) -
             store.write_json(cell_path, row)  # written at once: an interruption loses at most this cell
             rows.append(row)
             computed += 1
-    return rows, computed
+    return rows, computed, key, ctx
 
 
 @bench_app.command("quality")
@@ -117,7 +118,6 @@ def quality(
     import pandas as pd
 
     from ecos_core import bench
-    from ecos_core.bench_grid import reference_costs
     from ecos_core.bench_report import all_plots, costs_markdown, proxy_mix_markdown, table4_markdown
     from ecos_core.settings import Settings
     from ecos_core.store import Store
@@ -126,16 +126,15 @@ def quality(
     url = store or settings.store
     st = Store(url, settings.storage_options(url))
     try:
-        rows, computed = run_grid(spec, st, show_bar=progress, cache_dir=settings.cache_dir)
+        rows, computed, key, ctx = run_grid(spec, st, show_bar=progress, cache_dir=settings.cache_dir)
+        refs = {(d, r): ctx.reference_costs(d, r) for d in spec.client_domains for r in spec.regimes}
     except (ValueError, FileNotFoundError) as err:  # the pool's data: cells already stored stay
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(2) from None
     frame = pd.DataFrame(rows)
     md = table4_markdown(frame)
-    refs = {(d, r): reference_costs(spec, d, r) for d in spec.client_domains for r in spec.regimes}
     costs = costs_markdown(frame, refs)
     plots = all_plots(frame)
-    key = bench.grid_key(spec)
     out.mkdir(parents=True, exist_ok=True)
     csv = frame.to_csv(index=False)
     files = {"results.csv": csv.encode(), "table4.md": md.encode(), "costs.md": costs.encode(),

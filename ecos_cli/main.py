@@ -304,7 +304,7 @@ def labels_import(
 
     labels = import_selection_labels(_store_url(store), round_id, client_id, method, path)
     typer.echo(f"{len(labels)} labels imported for {client_id}/{method} (round {round_id}); "
-               f"classes {dict(sorted(zip(*map(list, np.unique(labels, return_counts=True)))))}")  # fmt: skip
+               f"classes {dict(sorted(zip(*(v.tolist() for v in np.unique(labels, return_counts=True)))))}")  # fmt: skip
 
 
 @labels_app.command("train")

@@ -130,6 +130,26 @@ class BenchContext:
     def _user_pool(self) -> ImageSet:
         return load_dataset(str(self.spec.pool_data))
 
+    def data_key(self) -> str | None:
+        """Content fingerprint of a user's pool (None for the built-in one, which the setting names)."""
+        if self.spec.pool_data is None:
+            return None
+        pool = self._user_pool
+        return content_key(pool.images, pool.ids, pool.labels, pool.domains.astype(str))[:16]
+
+    def reference_costs(self, client_domain: str, regime: str) -> dict:
+        """What the alternatives to an ECOS round would cost the client (the paper's
+        communication comparison): upload its training images, or download the pool (raw
+        uint8 images) and embed all of it on the device to choose locally."""
+        parts, spec = self.domains(spec_seed := self.spec.seeds[0]), self.spec
+        client = parts[client_domain]
+        removed = spec.n_client_train + spec.n_client_test if regime == "id+ood" else len(client)
+        pool = sum(len(p) for p in parts.values()) - removed
+        image_bytes = int(client.images[0].nbytes)
+        per_image = MOBILENET_V2_MACS_224 * (spec.preprocessing.size / 224) ** 2
+        return {"pool_size": pool, "upload_client_bytes": spec.n_client_train * image_bytes,
+                "download_pool_bytes": pool * image_bytes, "embed_pool_macs": pool * per_image, "seed": spec_seed}  # fmt: skip
+
     def check(self) -> None:
         """Fail before any cell runs if a client domain cannot be split off the pool."""
         parts = self.domains(self.spec.seeds[0])
@@ -307,8 +327,8 @@ def run_cell(cell: Cell, ctx: BenchContext) -> dict:
 
     domains = pd.Series(proxy.domains.astype(str))
     row.update(accuracy=acc, epsilon=eps, proxy_size=len(picked), unspent=max(cell.budget - len(picked), 0),
-               distractor_share=float(domains.isin(spec.distractor_domains).mean()) if len(picked) else 0.0,
-               client_domain_share=float((domains == cell.client_domain).mean()) if len(picked) else 0.0,
+               distractor_share=float(domains.isin(spec.distractor_domains).mean()) if len(picked) else float("nan"),
+               client_domain_share=float((domains == cell.client_domain).mean()) if len(picked) else float("nan"),
                bytes_down=int(down), bytes_up=int(up), client_macs=macs, client_s=client_s, train_s=train_s,
                select_s=select_s, proxy_domains=json.dumps(domains.value_counts().sort_index().to_dict()),
                **extra)  # fmt: skip

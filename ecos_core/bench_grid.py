@@ -159,21 +159,11 @@ class GridSpec(BaseModel):
         return DistillConfig(temperature=self.temperature, student_width=self.student_width, train=self.train)
 
 
-def reference_costs(spec: GridSpec, client_domain: str, regime: str, image_bytes: int = 28 * 28 * 3) -> dict:
-    """What the alternatives to an ECOS round would cost the client (the paper's
-    communication comparison): upload its training images, or download the pool (raw
-    uint8 images) and embed all of it on the device to choose locally."""
-    sizes = spec.domain_sizes
-    removed = spec.n_client_train + spec.n_client_test if regime == "id+ood" else sizes[client_domain]
-    pool = sum(sizes.values()) - removed
-    per_image = MOBILENET_V2_MACS_224 * (spec.preprocessing.size / 224) ** 2
-    return {"pool_size": pool, "upload_client_bytes": spec.n_client_train * image_bytes,
-            "download_pool_bytes": pool * image_bytes, "embed_pool_macs": pool * per_image}  # fmt: skip
-
-
-def grid_key(spec: GridSpec) -> str:
-    """Key of the grid's setting (not its axes): growing an axis keeps finished cells."""
-    return content_key("ecos-bench-grid-v1", spec.setting())[:16]
+def grid_key(spec: GridSpec, data_key: str | None = None) -> str:
+    """Key of the grid's setting (not its axes): growing an axis keeps finished cells.
+    `data_key` fingerprints a user's pool, so edited data never reuses old cells."""
+    parts = (spec.setting(),) if data_key is None else (spec.setting(), data_key)
+    return content_key("ecos-bench-grid-v1", *parts)[:16]
 
 
 class Cell(BaseModel):

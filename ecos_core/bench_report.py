@@ -66,11 +66,13 @@ def table4_frame(df: pd.DataFrame, application: str, budget: int, regime: str) -
         means = []
         for domain in domains:
             acc = m.loc[m["client_domain"] == domain, "accuracy"] * 100
+            empty = int(acc.isna().sum())  # seeds where the sampler selected nothing (nothing to train)
+            acc = acc.dropna()
             if acc.empty:
-                row[domain] = "–"
+                row[domain] = f"– ({empty} empty)" if empty else "–"
                 continue
             std = acc.std(ddof=1) if len(acc) > 1 else 0.0
-            row[domain] = f"{acc.mean():.1f} ± {std:.1f}"
+            row[domain] = f"{acc.mean():.1f} ± {std:.1f}" + (f" ({empty} empty)" if empty else "")
             means.append(acc.mean())
         row["ε"] = _fmt_eps(m["epsilon"])
         row["Average"] = f"{np.mean(means):.1f}" if means else "–"
@@ -110,7 +112,7 @@ def proxy_mix_markdown(df: pd.DataFrame) -> str:
 
 def costs_frame(df: pd.DataFrame, references: dict[tuple[str, str], dict]) -> pd.DataFrame:
     """Per (client domain, regime): the median ECOS round's cost to the client beside the
-    alternatives in `references` (ecos_core.bench_grid.reference_costs)."""
+    alternatives in `references` (ecos_core.bench.BenchContext.reference_costs)."""
     ecos = df[(df["sampler"] == "ecos") & (df["application"] == "labeling")]
     rows = []
     for (domain, regime), grp in ecos.groupby(["client_domain", "regime"], sort=False):

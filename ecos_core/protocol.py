@@ -22,6 +22,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationErro
 from ecos_core.backbone import BackboneSpec
 
 SCHEMA_VERSION = 1
+PROBE_SCHEMA_VERSION = 2  # 2: the probe carries the K cluster radii; a v1 client refuses it by version, not by shape
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 MAX_PROBE_JSON_BYTES = 1024 * 1024  # metadata + base64 radii of up to 100,000 centroids
 MAX_INVITATION_BYTES = 16 * 1024
@@ -36,7 +37,7 @@ class ProtocolError(ValueError):
 class Probe(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    schema_version: int = Field(SCHEMA_VERSION, ge=SCHEMA_VERSION, le=SCHEMA_VERSION)
+    schema_version: int = Field(PROBE_SCHEMA_VERSION, ge=PROBE_SCHEMA_VERSION, le=PROBE_SCHEMA_VERSION)
     round_id: str = Field(pattern=ID_PATTERN)
     k: int = Field(ge=1, le=100_000)
     dim: int = Field(ge=1, le=100_000)

@@ -29,7 +29,8 @@ def results_plot(results: pd.DataFrame, mix: pd.DataFrame, title: str) -> bytes:
     # one bar per client within each method (several clients per round)
     table = results.pivot_table(index="method", columns="client_id", values="accuracy") * 100
     table = table.reindex([m for m in METHOD_ORDER if m in table.index])
-    table.plot.bar(ax=ax_acc, rot=0, width=0.75, legend=table.shape[1] > 1)
+    if not table.empty and table.notna().any().any():  # every selection empty: no bars to draw
+        table.plot.bar(ax=ax_acc, rot=0, width=0.75, legend=table.shape[1] > 1)
     for bars in ax_acc.containers:
         ax_acc.bar_label(bars, fmt="%.1f", fontsize=8)
     ax_acc.set_xlabel("")

@@ -111,9 +111,11 @@ class ECOSSampler:
     when K=100), the share term rejects bins that hold a negligible part of the client.
     When the kept clusters cannot absorb the budget, the rest goes to the remaining
     clusters in descending score order: `exhausted="fill"` goes on until the budget is
-    spent; `"stop"` goes on only while a score reaches floor_sigmas · σ (above 1σ a bin
-    more likely holds client samples than not) and leaves the rest unspent rather than
-    sample clusters the client does not cover.
+    spent; `"stop"` goes on only while a score reaches floor_sigmas · σ and leaves the
+    rest unspent rather than sample clusters the client does not cover. An empty bin
+    passes 1σ with probability 0.16, so the default floor admits some noise-only bins in
+    exchange for the thinly covered clusters of a small client (measured: 100 synth
+    samples at σ=3.9 went from 80% unspent-or-noise to the budget spent with 45% synth).
     With sigma=0 and exact counts this is the non-private Oracle.
     """
 

@@ -140,6 +140,14 @@ class Store:
         else:
             self.fs.pipe_file(path, data)  # an object PUT is atomic on S3
 
+    def delete(self, key: str) -> bool:
+        """Remove one object; False when there was none."""
+        with _backend_errors(self.uri(key)):
+            if not self.fs.exists(self.path(key)):
+                return False
+            self.fs.rm_file(self.path(key))
+            return True
+
     def list(self, prefix: str) -> list[str]:
         """Keys directly under `prefix` (files only, sorted); [] when there are none."""
         self.invalidate()

@@ -44,6 +44,7 @@ def export_selection(store_url: str, round_id: str, client_id: str, method: str,
                      images: str | None = None) -> int:  # fmt: skip
     """Write the annotation file (ids, image URIs, empty labels); images as PNGs under `images`."""
     _, proxy = selection(store_url, round_id, client_id, method)
+    export_for_annotation(proxy.ids, None, out)  # checks the file type and target before any image is written
     uris = render_images(proxy.images, proxy.ids, images) if images else None
     export_for_annotation(proxy.ids, uris, out)
     return len(proxy)
@@ -55,7 +56,10 @@ def import_selection_labels(store_url: str, round_id: str, client_id: str, metho
     Nothing is written unless the whole file passes (import_labels raises first)."""
     cfg, proxy = selection(store_url, round_id, client_id, method)
     labels = import_labels(path, proxy.ids, cfg.train.num_classes)
-    catalog.store(store_url).write_npy(layout.labels(round_id, client_id, method), labels)
+    store = catalog.store(store_url)
+    store.write_npy(layout.labels(round_id, client_id, method), labels)
+    # a model trained on earlier labels no longer matches: the next `labels train` retrains
+    store.delete(layout.training_row(round_id, client_id, ANNOTATED.format(method=method)))
     return labels
 
 

@@ -39,5 +39,5 @@ def build_pool_index(store_url: str, feature_keys: dict[str, str], data: DataCon
 def load_index(store_url: str, key: str) -> PoolIndex:
     store = catalog.store(store_url)
     part = functools.partial(layout.index_part, key)
-    return PoolIndex(store.read_npy(part("centroids.npy")), store.read_npy(part("assignments.npy")),
-                     store.read_npy(part("radii.npy")))  # fmt: skip
+    radii = store.read_npy(part("radii.npy")) if store.exists(part("radii.npy")) else None  # "nearest" needs none
+    return PoolIndex(store.read_npy(part("centroids.npy")), store.read_npy(part("assignments.npy")), radii)

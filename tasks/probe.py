@@ -29,6 +29,11 @@ def publish_probe(
     if store.exists(json_key):
         probe_json, npy = store.read_bytes(json_key), store.read_bytes(npy_key)
         probe, _ = decode_probe(probe_json, npy, store.uri(json_key), round_id)
+        if (probe.radii() is not None) != (coverage == "ball"):
+            # clients answered (or will answer) under the published rule; the cloud must count the same way
+            raise ValueError(f"round {round_id}: its published probe uses the "
+                             f"{'ball' if probe.radii() is not None else 'nearest'} coverage rule, this run asks for "
+                             f"{coverage!r}; start a new round id to change the rule")  # fmt: skip
         get_run_logger().info("probe of round %s already published: reused", round_id)
     else:
         deadline = datetime.now(timezone.utc) + timedelta(seconds=deadline_s)

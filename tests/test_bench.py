@@ -5,6 +5,8 @@ K=4, budget 30, five training steps."""
 
 from __future__ import annotations
 
+import re
+
 import pandas as pd
 import pytest
 from typer.testing import CliRunner
@@ -202,6 +204,16 @@ def test_grid_on_a_users_manifest_pool(user_pool, tmp_path):
     random = frame.set_index("sampler").loc["random"]
     assert random["proxy_size"] == 20 and 0.2 < random["distractor_share"] < 1  # the pool is ~3/4 shapes
     assert "### labeling · budget 20 · id+ood" in (out / "table4.md").read_text()
+    # costs come from this pool: 240 images, 80 of them the client's, 28x28x3 bytes each
+    costs = (out / "costs.md").read_text()
+    assert re.search(r"\|\s+94\.08 \|\s+376\.3 \|", costs)  # upload 40 images (KB), download 160
+    # the same path with other contents is another grid: nothing is reused
+    table = pd.read_csv(user_pool / "pool.csv")
+    table.loc[0, "label"] = (table.loc[0, "label"] + 1) % 10
+    edited = tmp_path / "edited.csv"
+    table.assign(uri=[str(user_pool / u) for u in table["uri"]]).to_csv(edited, index=False)
+    again = runner.invoke(app, [*USER_ARGS, "--pool-data", str(edited), "--store", str(store), "--out", str(out)])
+    assert again.exit_code == 0 and "3 computed, 0 reused" in again.output
 
 
 @pytest.mark.parametrize(("change", "words"), [("client", "'nope' is not in the pool"), ("broken", "cannot load image uri")])

@@ -333,6 +333,21 @@ def hook_list(monkeypatch, store, before_call: dict):
     return calls
 
 
+def test_rerun_with_another_coverage_rule_is_refused(unit, quiet_tasks):
+    """Clients count under the published probe's rule; a re-run that would count differently fails clearly."""
+    from tasks.probe import publish_probe
+
+    rid = f"f-rule-{uuid.uuid4().hex[:6]}"
+    probe, _ = publish(unit, rid, 60)
+    assert decode_probe(unit.store.read_bytes(layout.probe_json(rid)),
+                        unit.store.read_bytes(layout.probe_centroids(rid)))[0].radii() is not None  # fmt: skip
+    with pytest.raises(ValueError, match="uses the ball coverage rule, this run asks for 'nearest'"):
+        publish_probe.fn(unit.url, rid, "fake-index", BackboneSpec().model_dump(mode="json"), SIGMA, 1e-5, 60,
+                         list(CLIENTS), "nearest")  # fmt: skip
+    assert publish_probe.fn(unit.url, rid, "fake-index", BackboneSpec().model_dump(mode="json"), SIGMA, 1e-5, 60,
+                            list(CLIENTS), "ball")["deadline"] == probe["deadline"]  # fmt: skip
+
+
 def test_duplicate_upload_through_presigned_url_first_answer_used(unit, quiet_tasks, monkeypatch):
     rid = f"f-dup-{uuid.uuid4().hex[:6]}"
     probe, inv = publish(unit, rid, 60)

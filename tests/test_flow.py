@@ -160,5 +160,12 @@ def test_labels_export_import_train_through_the_cli(first_round, store_url, tmp_
     row = store.read_json(layout.training_row("t-round-1", "client-0", "ecos-annotated"))
     assert row["proxy_size"] == TINY.sampling.budget and row["accuracy"] < 0.5
     assert "agreement with the pool's ground truth" in out.output
+    # corrected labels: the import drops the model trained on the old ones, and training redoes it
+    frame.assign(label=[str(i % 10) for i in range(len(frame))]).to_csv(tmp_path / "fixed.csv", index=False)
+    assert runner.invoke(app, ["labels", "import", str(tmp_path / "fixed.csv"), *common]).exit_code == 0
+    assert not store.exists(layout.training_row("t-round-1", "client-0", "ecos-annotated"))
+    out = runner.invoke(app, ["labels", "train", *common])
+    assert out.exit_code == 0 and store.read_json(layout.training_row("t-round-1", "client-0", "ecos-annotated"))
+    assert "{0: 6, 1: 6" in runner.invoke(app, ["labels", "import", str(tmp_path / "fixed.csv"), *common]).output
     out = runner.invoke(app, ["labels", "export", str(export), "--round", "no-such-round", "--store", store_url])
     assert out.exit_code != 0 and "no config" in str(out.exception)

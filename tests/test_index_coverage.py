@@ -72,3 +72,4 @@ def test_ball_coverage_counts_members_and_ignores_far_samples():
     assert coverage_counts(far, index.centroids, index.radii).sum() < 0.1 * len(far)  # ball: (almost) none
     with pytest.raises(ValueError, match="one value per centroid"):
         coverage_counts(far, index.centroids, index.radii[:2])
+

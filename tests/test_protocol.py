@@ -61,6 +61,14 @@ def test_probe_with_bad_radii_is_refused(radii, message):
         decode_probe(json.dumps(meta).encode(), cn, "mem")
 
 
+def test_probe_of_another_schema_version_is_refused():
+    _, pj, cn = probe_bytes()
+    meta = json.loads(pj)
+    meta["schema_version"] = 1  # a v1 probe has no radii field
+    with pytest.raises(ProtocolError, match="schema_version"):
+        decode_probe(json.dumps(meta).encode(), cn, "mem")
+
+
 def test_probe_wrong_round_is_refused():
     _, pj, cn = probe_bytes()
     with pytest.raises(ProtocolError, match="expected 'r2'"):
