@@ -114,8 +114,9 @@ class ECOSSampler:
     spent; `"stop"` goes on only while a score reaches floor_sigmas · σ and leaves the
     rest unspent rather than sample clusters the client does not cover. An empty bin
     passes 1σ with probability 0.16, so the default floor admits some noise-only bins in
-    exchange for the thinly covered clusters of a small client (measured: 100 synth
-    samples at σ=3.9 went from 80% unspent-or-noise to the budget spent with 45% synth).
+    exchange for the thinly covered clusters of a small client (measured, 100 synth samples,
+    σ=3.9: a floor at 3σ left 65% of the budget unspent, 46% accuracy; at 1σ: all spent,
+    45% synth, 80% accuracy).
     With sigma=0 and exact counts this is the non-private Oracle.
     """
 
