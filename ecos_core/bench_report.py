@@ -8,6 +8,7 @@ import json
 import math
 
 import matplotlib
+import matplotlib.ticker
 
 matplotlib.use("Agg")  # headless
 import matplotlib.pyplot as plt
@@ -176,6 +177,9 @@ def accuracy_vs_epsilon_png(df: pd.DataFrame) -> bytes:
             ax.axhline(grp["accuracy"].mean() * 100, linestyle="--", color=f"C{i + 3}", label=f"{sampler} (all budgets)")
         if not noisy.empty and (noisy["epsilon"] > 0).all():
             ax.set_xscale("log")
+            ticks = sorted(noisy["epsilon"].unique())
+            ax.set_xticks(ticks, [f"{t:.2g}" for t in ticks])  # the sweep's own ε values, not 3×10⁻¹ clutter
+            ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_xlabel("ε (δ=1e-5, PLD)")
         ax.set_ylabel("client test accuracy (%)")
         ax.set_title(application)
