@@ -143,7 +143,10 @@ def main() -> int:
 
         states = wait_for_state(run_id, env, timeout_s=300)
         assert states[-1] == "Completed", f"smoke round ended {states[-1]}; states {states}"
-        assert "Suspended" in states, f"the round never suspended (states {states}): it held its worker"
+        # from the server's state history: the watcher may resume the run before this poll sees it suspended
+        history = [st["name"] for st in sorted(_api(env, f"/flow_run_states/?flow_run_id={run_id}"),  # type: ignore[arg-type]
+                                               key=lambda st: st["timestamp"])]  # fmt: skip
+        assert "Suspended" in history, f"the round never suspended (states {history}): it held its worker"
 
         import s3fs
 
