@@ -60,23 +60,26 @@ def _as_ids(ids: np.ndarray, what: str) -> list[str]:
 # --------------------------------------------------------------------------- export
 
 
-def export_for_annotation(ids: np.ndarray, uris: list[str] | None, path: str) -> None:
+def export_for_annotation(ids: np.ndarray, uris: list[str] | None, path: str, labels: list[int] | None = None) -> None:
     """Write one row per selected sample (sample_id, image_uri, empty label) to `path`.
 
     The format follows the extension (.csv or .json). `uris` may be None when the
-    annotators look images up by id; the column is then left empty.
+    annotators look images up by id; the column is then left empty. `labels` fills the
+    label column (what an annotator hands back).
     """
     fmt = _format(path)
     id_list = _as_ids(ids, f"{path}: ids to export")
     if uris is not None and len(uris) != len(id_list):
         raise ValueError(f"{path}: {len(uris)} image uris for {len(id_list)} sample ids")
     uri_list = [str(u) for u in uris] if uris is not None else [""] * len(id_list)
-    frame = pd.DataFrame({ID_COLUMN: id_list, URI_COLUMN: uri_list, LABEL_COLUMN: [""] * len(id_list)})
-    if fmt == "csv":
-        text = frame.to_csv(index=False)
+    label_list = [int(v) for v in labels] if labels is not None else [None] * len(id_list)
+    if len(label_list) != len(id_list):
+        raise ValueError(f"{path}: {len(label_list)} labels for {len(id_list)} sample ids")
+    if fmt == "csv":  # an empty cell: no label yet
+        text = pd.DataFrame({ID_COLUMN: id_list, URI_COLUMN: uri_list, LABEL_COLUMN: label_list}).to_csv(index=False)
     else:  # null, not "", marks "no label yet" in JSON
         text = json.dumps(
-            [{ID_COLUMN: i, URI_COLUMN: u, LABEL_COLUMN: None} for i, u in zip(id_list, uri_list)], indent=1
+            [{ID_COLUMN: i, URI_COLUMN: u, LABEL_COLUMN: v} for i, u, v in zip(id_list, uri_list, label_list)], indent=1
         )
     # Render the whole file first, then write it in one go: a failure above leaves no partial file.
     try:
@@ -217,9 +220,4 @@ def annotate_with_ground_truth(export_path: str, labels_by_id: dict[str, int], o
     if unknown:
         raise LabelImportError(export_path, "no ground truth for sample ids", unknown)
     ids = [i for i, _ in rows]
-    frame = pd.DataFrame({ID_COLUMN: ids, URI_COLUMN: "", LABEL_COLUMN: [int(labels_by_id[i]) for i in ids]})
-    with fsspec.open(out_path, "w", encoding="utf-8", newline="") as fh:
-        if _format(out_path) == "csv":
-            fh.write(frame.to_csv(index=False))
-        else:
-            fh.write(frame.to_json(orient="records"))
+    export_for_annotation(np.array(ids, dtype=object), None, out_path, [labels_by_id[i] for i in ids])

@@ -141,14 +141,13 @@ class BenchContext:
         """What the alternatives to an ECOS round would cost the client (the paper's
         communication comparison): upload its training images, or download the pool (raw
         uint8 images) and embed all of it on the device to choose locally."""
-        parts, spec = self.domains(spec_seed := self.spec.seeds[0]), self.spec
+        spec, parts = self.spec, self.domains(self.spec.seeds[0])
         client = parts[client_domain]
         removed = spec.n_client_train + spec.n_client_test if regime == "id+ood" else len(client)
         pool = sum(len(p) for p in parts.values()) - removed
         image_bytes = int(client.images[0].nbytes)
-        per_image = MOBILENET_V2_MACS_224 * (spec.preprocessing.size / 224) ** 2
         return {"pool_size": pool, "upload_client_bytes": spec.n_client_train * image_bytes,
-                "download_pool_bytes": pool * image_bytes, "embed_pool_macs": pool * per_image, "seed": spec_seed}  # fmt: skip
+                "download_pool_bytes": pool * image_bytes, "embed_pool_macs": pool * _embed_macs(spec)}  # fmt: skip
 
     def check(self) -> None:
         """Fail before any cell runs if a client domain cannot be split off the pool."""
@@ -230,10 +229,14 @@ def _probe_bytes(k: int, dim: int, bspec: BackboneSpec, sigma: float, delta: flo
     return len(probe_json) + len(npy), len(up)
 
 
+def _embed_macs(spec: GridSpec) -> float:
+    """Backbone MACs of one image: 0.30 GMAC at 224 px, proportional to the pixels."""
+    return MOBILENET_V2_MACS_224 * (spec.preprocessing.size / 224) ** 2
+
+
 def _client_macs(spec: GridSpec, n_samples: int, k: int, dim: int) -> float:
-    """Backbone MACs (0.30 GMAC at 224 px, ∝ pixels) plus K·d per sample for scoring."""
-    per_image = MOBILENET_V2_MACS_224 * (spec.preprocessing.size / 224) ** 2
-    return float(n_samples * (per_image + k * dim))
+    """Embedding plus K·d per sample for scoring."""
+    return float(n_samples * (_embed_macs(spec) + k * dim))
 
 
 def annotated_labels(proxy: ImageSet, classes: int) -> np.ndarray:
