@@ -31,6 +31,11 @@ from ecos_cli.infra import infra_app  # noqa: E402 (light: imports infra lazily)
 app.add_typer(infra_app, name="infra")
 from ecos_cli.bench import bench_app  # noqa: E402
 app.add_typer(bench_app, name="bench")
+from ecos_cli.pool import DaskAddressOpt, WorkersOpt, pool_app  # noqa: E402
+
+app.add_typer(pool_app, name="pool")
+PoolOpt = typer.Option(None, "--pool", help="Your pool: an ingested pool's URL, a manifest or an image folder "
+                                            "(default: the built-in pool).")  # fmt: skip
 labels_app = typer.Typer(help="Selective manual labeling: export a round's proxy set to annotators, import and train.",
                          no_args_is_help=True)  # fmt: skip
 app.add_typer(labels_app, name="labels")
@@ -71,12 +76,19 @@ def run(
     config: Optional[Path] = typer.Option(None, help="RoundConfig as JSON; flags override it."),
     store: Optional[str] = StoreOpt,
     round_id: Optional[str] = typer.Option(None, help="Round id (default: time-based)."),
+    pool: Optional[str] = PoolOpt,
+    client_data: Optional[str] = typer.Option(None, help="The simulated client's own dataset (builtin:<d>, folder, "
+                                                         "manifest), split into its train and test."),  # fmt: skip
+    dask_address: Optional[str] = DaskAddressOpt,
+    workers: Optional[int] = WorkersOpt,
 ) -> None:
     """The main job: one full ECOS round on the built-in pool with a simulated client process;
     prints ECOS vs Random, K-Center, Oracle and Local, and writes the report to the store."""
     cfg = _round_config(config, {"data.client_domain": client_domain, "data.regime": regime, "sampling.budget": budget,
                                  "index.k": k, "sigma": sigma, "seed": seed,
-                                 "clients": [f"client-{i}" for i in range(clients)] if clients else None})  # fmt: skip
+                                 "clients": [f"client-{i}" for i in range(clients)] if clients else None,
+                                 "data.pool": pool, "data.client": client_data, "dask.address": dask_address,
+                                 "dask.workers": workers})  # fmt: skip
     from ecos_core.settings import Settings
     from flows.round_flow import new_round_id, round_flow
 
@@ -106,11 +118,16 @@ def _print_report(out: dict) -> None:
 def index(
     config: Optional[Path] = typer.Option(None, help="RoundConfig as JSON (its data and index parts are used)."),
     store: Optional[str] = StoreOpt,
+    pool: Optional[str] = PoolOpt,
+    k: Optional[int] = typer.Option(None, "--k", help="Number of centroids K (default 100)."),
+    dask_address: Optional[str] = DaskAddressOpt,
+    workers: Optional[int] = WorkersOpt,
 ) -> None:
     """Run only the index flow: pool features (cached by content) and faiss KMeans."""
     from flows.index_flow import index_flow
 
-    out = index_flow(_round_config(config, {}), _store_url(store))
+    cfg = _round_config(config, {"data.pool": pool, "index.k": k, "dask.address": dask_address, "dask.workers": workers})
+    out = index_flow(cfg, _store_url(store))
     typer.echo(json.dumps(out["index"], indent=1))
 
 

@@ -28,6 +28,12 @@ class DataConfig(BaseModel):
     regime: Literal["id+ood", "ood"] = "id+ood"
     n_client_train: int = Field(1000, ge=1)
     n_client_test: int = Field(1000, ge=1)
+    # the pool: None = the built-in domains above; else an ingested pool's URL (`ecos pool
+    # ingest`), or a manifest / image folder, ingested into the store on first use
+    pool: str | None = None
+    # the simulated client's own dataset (builtin:<d>, folder, manifest), split into its
+    # train and test; None = carved out of the built-in client_domain
+    client: str | None = None
 
     @property
     def domains(self) -> tuple[str, ...]:
@@ -45,6 +51,8 @@ class DataConfig(BaseModel):
 
     @model_validator(mode="after")
     def _client_in_domains(self) -> "DataConfig":
+        if self.client is not None:  # its own dataset: its size is checked when it is loaded
+            return self
         if self.client_domain not in self.domain_sizes:
             raise ValueError(f"client_domain {self.client_domain!r} is not one of {list(self.domain_sizes)}")
         needed = self.n_client_train + self.n_client_test
@@ -62,6 +70,9 @@ class IndexConfig(BaseModel):
     nredo: int = Field(3, ge=1)
     preprocessing: Preprocessing = Preprocessing()
     batch_size: int = Field(128, ge=1)  # faster than 256+ on 2 CPU cores
+    # an ingested pool trains KMeans on a seeded sample of k × this many points (faiss's own
+    # default cap); the assignment pass then covers every image
+    points_per_centroid: int = Field(256, ge=1)
     # "ball": a client sample counts only inside its nearest cluster's ball (the probe sends
     # the K radii); "nearest": it counts at its nearest centroid however far (the paper's rule)
     coverage: Literal["ball", "nearest"] = "ball"
@@ -77,6 +88,9 @@ class SamplingConfig(BaseModel):
     # "stop": leave budget unspent rather than sample clusters the client does not cover
     exhausted: Literal["fill", "stop"] = "stop"
     floor_sigmas: float = Field(1.0, ge=0)  # "stop" goes past the kept clusters only down to this score
+    # K-Center on an ingested pool runs over a seeded uniform sample of this many images
+    # (O(N·B) over millions is hours); a smaller pool is used whole, exactly as before
+    kcenter_sample: int = Field(50_000, ge=1)
 
     @field_validator("samplers")
     @classmethod
@@ -85,6 +99,15 @@ class SamplingConfig(BaseModel):
         if unknown:
             raise ValueError(f"unknown samplers {unknown}; known: {list(SAMPLERS)}")
         return value
+
+
+class DaskConfig(BaseModel):
+    """Where the mapped steps of an ingested pool run (ingest, features, assignment)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    address: str | None = None  # an existing cluster, tcp://host:8786; None: a local one
+    workers: int | None = Field(None, ge=1)  # local cluster's worker processes (default: one per core)
 
 
 class RoundConfig(BaseModel):
@@ -106,6 +129,7 @@ class RoundConfig(BaseModel):
     index: IndexConfig = IndexConfig()
     sampling: SamplingConfig = SamplingConfig()
     train: TrainConfig = TrainConfig()
+    dask: DaskConfig = DaskConfig()
 
     @model_validator(mode="after")
     def _quorum(self) -> "RoundConfig":

@@ -55,31 +55,52 @@ def nearest_with_distance(features: np.ndarray, centroids: np.ndarray) -> tuple[
     return nearest[:, 0].astype(np.int64), np.sqrt(np.maximum(squared[:, 0], 0)).astype(np.float32)
 
 
-def coverage_radii(features: np.ndarray, centroids: np.ndarray) -> np.ndarray:
-    """Each cluster's ball: the distance of its farthest pool member (0 for an empty one).
+def radii_of(nearest: np.ndarray, distance: np.ndarray, k: int) -> np.ndarray:
+    """Each cluster's ball from its members' distances: the farthest member (0 if empty).
 
     A centroid covers a client sample only inside this ball. Without it every client
     sample counts for its nearest centroid however far away, so a client whose domain is
     missing from the pool still votes, for whatever the pool has nearest (measured: 75% of
-    MNIST-M's votes fell on animal/letter clusters when MNIST-M was not in the pool)."""
-    nearest, distance = nearest_with_distance(l2_normalize(features), centroids)
-    radii = np.zeros(len(centroids), dtype=np.float32)
+    MNIST-M's votes fell on animal/letter clusters when MNIST-M was not in the pool).
+    Shard by shard, the running maximum of these gives the same radii."""
+    radii = np.zeros(k, dtype=np.float32)
     np.maximum.at(radii, nearest, distance)
     return radii
 
 
-def build_index(features: np.ndarray, k: int = 100, seed: int = 0, niter: int = 25, nredo: int = 3) -> PoolIndex:
-    """faiss KMeans on l2-normalised features (all points used: the pool is small enough).
+def coverage_radii(features: np.ndarray, centroids: np.ndarray) -> np.ndarray:
+    """radii_of the pool's nearest-centroid distances (features l2-normalised here)."""
+    return radii_of(*nearest_with_distance(l2_normalize(features), centroids), len(centroids))
+
+
+def train_centroids(x: np.ndarray, k: int, seed: int = 0, niter: int = 25, nredo: int = 3) -> np.ndarray:
+    """faiss KMeans centroids of l2-normalised rows `x`, using every row given.
 
     nredo restarts keep the lowest-inertia run: faiss seeds centroids uniformly at random,
-    and a single run can merge two modes while splitting another.
+    and a single run can merge two modes while splitting another. A large pool passes a
+    seeded sample (see sample_rows): faiss itself would subsample to 256 points per centroid.
     """
-    x = l2_normalize(features)
     if not 1 <= k <= len(x):
-        raise ValueError(f"k must be between 1 and the pool size {len(x)}, got {k}")
+        raise ValueError(f"k must be between 1 and the number of points {len(x)}, got {k}")
     if not np.isfinite(x).all():
         raise ValueError("pool features contain NaN or inf")
     kmeans = faiss.Kmeans(x.shape[1], k, niter=niter, nredo=nredo, seed=seed, max_points_per_centroid=len(x), verbose=False)
-    kmeans.train(x)
-    centroids = kmeans.centroids.astype(np.float32)
-    return PoolIndex(centroids, nearest_centroid(x, centroids), coverage_radii(x, centroids))
+    kmeans.train(np.ascontiguousarray(x, dtype=np.float32))
+    return kmeans.centroids.astype(np.float32)
+
+
+def sample_rows(sizes: list[int], n: int, seed: int = 0) -> list[np.ndarray]:
+    """A seeded uniform sample of n of the pool's rows, as sorted row indices per shard
+    (all rows when n covers the pool), so the sample is read one shard at a time."""
+    total = int(sum(sizes))
+    picked = np.arange(total) if n >= total else np.sort(np.random.default_rng(seed).choice(total, n, replace=False))
+    bounds = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+    return [picked[(picked >= a) & (picked < b)] - a for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+def build_index(features: np.ndarray, k: int = 100, seed: int = 0, niter: int = 25, nredo: int = 3) -> PoolIndex:
+    """faiss KMeans on l2-normalised features, every point used (an in-memory pool)."""
+    x = l2_normalize(features)
+    centroids = train_centroids(x, k, seed, niter, nredo)
+    nearest, distance = nearest_with_distance(x, centroids)
+    return PoolIndex(centroids, nearest, radii_of(nearest, distance, k))

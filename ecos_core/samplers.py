@@ -46,9 +46,13 @@ class RandomSampler:
     name: str = "random"
 
     def select(self, pool: SamplingPool, budget: int) -> np.ndarray:
+        return self.select_n(len(pool), budget)
+
+    def select_n(self, n: int, budget: int) -> np.ndarray:
+        """`budget` of the rows 0..n-1: all a random pick needs to know of a pool is its size."""
         _check_budget(budget)
         rng = np.random.default_rng(self.seed)
-        return np.sort(rng.choice(len(pool), size=min(budget, len(pool)), replace=False)).astype(np.int64)
+        return np.sort(rng.choice(n, size=min(budget, n), replace=False)).astype(np.int64)
 
 
 @dataclass(frozen=True)
@@ -154,8 +158,11 @@ class ECOSSampler:
         k = len(pool.centroids)
         if scores.shape != (k,) or not np.isfinite(scores).all():
             raise ValueError(f"scores must be {k} finite numbers, got shape {scores.shape}")
-        sizes = np.bincount(pool.assignments, minlength=k)
-        share = self.cluster_budgets(scores, sizes, budget)
+        return self.pick(pool, self.cluster_budgets(scores, np.bincount(pool.assignments, minlength=k), budget))
+
+    def pick(self, pool: SamplingPool, share: np.ndarray) -> np.ndarray:
+        """share[c] diverse members of each cluster c. `pool` may hold only the clusters
+        with a share (a sharded pool loads just those); indices are rows of `pool`."""
         picked: list[np.ndarray] = []
         for cluster in np.flatnonzero(share):
             members = np.flatnonzero(pool.assignments == cluster)

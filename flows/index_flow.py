@@ -1,6 +1,8 @@
 """Cloud index flow: embed the open-source pool and compress it into K centroids.
 
-Reusable across rounds: both steps are cached in the store by content.
+Reusable across rounds: both steps are cached in the store by content. The built-in
+pool is embedded in this process; an ingested pool (cfg.data.pool) shard by shard on
+Dask, a manifest or image folder being ingested into the store first (only its new rows).
 """
 
 from __future__ import annotations
@@ -8,14 +10,30 @@ from __future__ import annotations
 from prefect import flow
 
 from ecos_core.config import RoundConfig
+from flows.ingest_flow import ingest_flow
+from flows.pool_index_flow import pool_index_flow
 from tasks.features import extract_features
 from tasks.index import build_pool_index
+from tasks.pool import pool_url_of
 from tasks.store import check_store
 
 
 @flow(name="ecos-index", log_prints=True)
 def index_flow(cfg: RoundConfig = RoundConfig(), store_url: str = "./ecos-store") -> dict:
     check_store(store_url)
+    if cfg.data.pool:
+        return _index_ingested_pool(cfg, store_url)
     features = extract_features(store_url, cfg.data, cfg.index, cfg.seed)
     index = build_pool_index(store_url, features["keys"], cfg.data, cfg.index, cfg.seed)
     return {"features": features, "index": index}
+
+
+def _index_ingested_pool(cfg: RoundConfig, store_url: str) -> dict:
+    pool_url = pool_url_of(cfg.data.pool, store_url)
+    if pool_url != cfg.data.pool:  # a manifest or a folder: ingest what the store's copy lacks
+        ingest_flow(cfg.data.pool, pool_url, dask_address=cfg.dask.address, workers=cfg.dask.workers)
+    out = pool_index_flow(pool_url, store_url, cfg.index, cfg.seed, cfg.dask.address, cfg.dask.workers)
+    features = out["features"]
+    hits = features["shards"] - features["embedded_now"]
+    features.update(keys={}, cache_hits=[f"{hits} of {features['shards']} pool shards"] if hits else [])
+    return out

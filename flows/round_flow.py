@@ -97,7 +97,8 @@ def round_flow(
     else:
         runs = train_flow(cfg, round_id, selections, local_clients, store_url)
     watch.lap("training")
-    domain_rows = domain_local_accuracy(store_url, cfg) if cfg.domain_report else []
+    # every built-in domain trained alone; an ingested pool has no such split
+    domain_rows = domain_local_accuracy(store_url, cfg) if cfg.domain_report and not cfg.data.pool else []
     watch.lap("domain check")
 
     return write_report(store_url, cfg, round_id, runs, selections, probe, responses, watch.laps, domain_rows,

@@ -17,6 +17,7 @@ from ecos_core.annotation import export_for_annotation, import_labels, render_im
 from ecos_core.config import RoundConfig
 from ecos_core.types import ImageSet
 from tasks import catalog
+from tasks.pool import round_pool_images
 
 ANNOTATED = "{method}-annotated"  # the training row / model name of a retrained proxy set
 
@@ -36,8 +37,7 @@ def selection(store_url: str, round_id: str, client_id: str, method: str) -> tup
     if not store.exists(key):
         raise FileNotFoundError(f"no selection for client {client_id!r}, method {method!r} in round {round_id!r} "
                                 f"({store.uri(key)})")  # fmt: skip
-    pool = catalog.split(cfg.data, cfg.seed)[2]
-    return cfg, pool.subset(catalog.rows_of(store.read_npy(key), pool.ids))
+    return cfg, round_pool_images(store_url, cfg, store.read_npy(key))
 
 
 def export_selection(store_url: str, round_id: str, client_id: str, method: str, out: str,

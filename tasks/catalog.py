@@ -15,6 +15,7 @@ from ecos_core.config import DataConfig
 from ecos_core.settings import Settings
 from ecos_core.data.builtin import load_domain
 from ecos_core.data.split import split_client_pool
+from ecos_core.data.user import load_dataset
 from ecos_core.store import Store
 from ecos_core.types import ImageSet
 
@@ -50,6 +51,23 @@ def _split(data_json: str, seed: int) -> tuple[ImageSet, ImageSet, ImageSet]:
     data = DataConfig.model_validate_json(data_json)
     parts = _domains(data_json, seed)
     return split_client_pool(parts, data.client_domain, data.n_client_train, data.n_client_test, data.regime, seed)
+
+
+def client_split(data: DataConfig, seed: int) -> tuple[ImageSet, ImageSet]:
+    """(client_train, client_test): the client's own dataset when it has one, else its
+    part of the built-in split."""
+    return _client_split(data.model_dump_json(), seed)
+
+
+@functools.lru_cache(maxsize=4)
+def _client_split(data_json: str, seed: int) -> tuple[ImageSet, ImageSet]:
+    data = DataConfig.model_validate_json(data_json)
+    if data.client is None:
+        return _split(data_json, seed)[:2]
+    own = load_dataset(data.client, cache_dir=settings().cache_dir, seed=seed)
+    name = str(own.domains[0]) if len(own) else data.client_domain
+    train, test, _ = split_client_pool({name: own}, name, data.n_client_train, data.n_client_test, "ood", seed)
+    return train, test
 
 
 def rows_of(ids: np.ndarray, universe_ids: np.ndarray) -> np.ndarray:

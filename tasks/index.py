@@ -5,6 +5,8 @@ from __future__ import annotations
 import functools
 import time
 
+import numpy as np
+
 from prefect import get_run_logger, task
 
 from ecos_core import layout
@@ -36,8 +38,15 @@ def build_pool_index(store_url: str, feature_keys: dict[str, str], data: DataCon
     return meta
 
 
-def load_index(store_url: str, key: str) -> PoolIndex:
+def load_centroids(store_url: str, key: str) -> tuple[np.ndarray, np.ndarray | None]:
+    """(centroids, radii) of any index, built-in or ingested pool: what the probe carries."""
     store = catalog.store(store_url)
     part = functools.partial(layout.index_part, key)
     radii = store.read_npy(part("radii.npy")) if store.exists(part("radii.npy")) else None  # "nearest" needs none
-    return PoolIndex(store.read_npy(part("centroids.npy")), store.read_npy(part("assignments.npy")), radii)
+    return store.read_npy(part("centroids.npy")), radii
+
+
+def load_index(store_url: str, key: str) -> PoolIndex:
+    """The built-in pool's index, assignments included (an ingested pool keeps them in members.parquet)."""
+    centroids, radii = load_centroids(store_url, key)
+    return PoolIndex(centroids, catalog.store(store_url).read_npy(layout.index_part(key, "assignments.npy")), radii)

@@ -14,7 +14,7 @@ from ecos_core.backbone import BackboneSpec
 from ecos_core.protocol import Invitation, decode_probe, encode_probe
 from tasks import catalog
 from tasks.common import STORAGE_RETRIES
-from tasks.index import load_index
+from tasks.index import load_centroids
 
 
 @task(name="publish-probe", **STORAGE_RETRIES)
@@ -37,9 +37,9 @@ def publish_probe(
         get_run_logger().info("probe of round %s already published: reused", round_id)
     else:
         deadline = datetime.now(timezone.utc) + timedelta(seconds=deadline_s)
-        index = load_index(store_url, index_key)
-        probe, probe_json, npy = encode_probe(round_id, index.centroids, BackboneSpec(**backbone), sigma, delta, deadline,
-                                              index.radii if coverage == "ball" else None)  # fmt: skip
+        centroids, radii = load_centroids(store_url, index_key)
+        probe, probe_json, npy = encode_probe(round_id, centroids, BackboneSpec(**backbone), sigma, delta, deadline,
+                                              radii if coverage == "ball" else None)  # fmt: skip
         keys = {c: load_enrollment(store, c).key_b64 for c in clients}  # fails before anything is written
         # centroids first, probe.json last: whoever sees probe.json finds a complete probe
         store.write_bytes(npy_key, npy)  # may be left by a failed attempt: unseen until probe.json exists

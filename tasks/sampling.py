@@ -12,7 +12,8 @@ from ecos_core.config import RoundConfig
 from ecos_core.samplers import SamplingPool, make_sampler
 from tasks import catalog
 from tasks.common import STORAGE_RETRIES
-from tasks.features import features_of
+from tasks.features import backbone_spec, features_of
+from tasks.pool_sampling import select_from_pool
 from tasks.index import load_index
 from ecos_core.index import l2_normalize
 
@@ -30,6 +31,11 @@ def select_proxy_set(
     store_url: str, cfg: RoundConfig, feature_keys: dict[str, str], index_key: str, round_id: str, client_id: str,
     method: str, noisy_scores: list[float] | None = None, exact_counts: list[float] | None = None,
 ) -> dict:  # fmt: skip
+    start = time.perf_counter()
+    if cfg.data.pool:
+        ids = select_from_pool(store_url, index_key, backbone_spec(cfg.index), cfg, method,
+                               noisy_scores if method == "ecos" else exact_counts)  # fmt: skip
+        return _save(store_url, round_id, client_id, method, ids, time.perf_counter() - start, cfg.sampling.budget)
     pool = catalog.split(cfg.data, cfg.seed)[2]
     index = load_index(store_url, index_key)
     view = SamplingPool(l2_normalize(features_of(store_url, feature_keys, cfg.data, cfg.seed, pool.ids)),
@@ -45,7 +51,10 @@ def select_proxy_set(
     )  # fmt: skip
     start = time.perf_counter()
     picked = sampler.select(view, s.budget)
-    seconds = time.perf_counter() - start
+    return _save(store_url, round_id, client_id, method, pool.ids[picked], time.perf_counter() - start, s.budget)
+
+
+def _save(store_url: str, round_id: str, client_id: str, method: str, ids: np.ndarray, seconds: float, budget: int) -> dict:
     key = layout.selection(round_id, client_id, method)
-    catalog.store(store_url).write_npy(key, pool.ids[picked])
-    return {"method": method, "key": key, "size": len(picked), "seconds": seconds, "unspent": max(0, s.budget - len(picked))}
+    catalog.store(store_url).write_npy(key, ids)
+    return {"method": method, "key": key, "size": len(ids), "seconds": seconds, "unspent": max(0, budget - len(ids))}

@@ -21,13 +21,15 @@ from ecos_core.coverage import coverage_counts
 from ecos_core.data.npz import save_imageset
 from ecos_core.types import ImageSet
 from tasks import catalog
-from tasks.features import features_of
-from tasks.index import load_index
+from ecos_core.backbone import load_backbone
+from ecos_core.features import embed
+from tasks.features import backbone_spec, features_of
+from tasks.index import load_centroids
 
 
 def client_shard(cfg: RoundConfig, client_id: str) -> ImageSet:
     """The private training data of one simulated client: its share of the client split."""
-    train = catalog.split(cfg.data, cfg.seed)[0]
+    train = catalog.client_split(cfg.data, cfg.seed)[0]
     shards = np.array_split(np.arange(len(train)), len(cfg.clients))
     return train.subset(shards[cfg.clients.index(client_id)])
 
@@ -69,6 +71,10 @@ def launch_simulated_clients(store_url: str, cfg: RoundConfig, round_id: str, de
 def oracle_counts(store_url: str, cfg: RoundConfig, feature_keys: dict[str, str], index_key: str, client_id: str) -> list[float]:
     """Exact, noise-free coverage counts: what only a non-private oracle could know."""
     shard = client_shard(cfg, client_id)
-    feats = features_of(store_url, feature_keys, cfg.data, cfg.seed, shard.ids)
-    index = load_index(store_url, index_key)
-    return coverage_counts(feats, index.centroids, index.radii if cfg.index.coverage == "ball" else None).tolist()
+    if cfg.data.pool or cfg.data.client:  # the client is not part of the cloud's feature cache: embed it here
+        model, _ = load_backbone(spec := backbone_spec(cfg.index))
+        feats = embed(shard.images, model, spec.preprocessing, cfg.index.batch_size, show_bar=False)
+    else:
+        feats = features_of(store_url, feature_keys, cfg.data, cfg.seed, shard.ids)
+    centroids, radii = load_centroids(store_url, index_key)
+    return coverage_counts(feats, centroids, radii if cfg.index.coverage == "ball" else None).tolist()

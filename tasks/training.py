@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 
+import numpy as np
 import torch
 from prefect import task
 
@@ -15,6 +16,7 @@ from ecos_core.features import content_key
 from ecos_core.train import accuracy, train_classifier
 from ecos_core.types import ImageSet
 from tasks import catalog
+from tasks.pool import round_pool_images
 from tasks.common import STORAGE_RETRIES
 from tasks.simulation import client_shard
 
@@ -46,7 +48,7 @@ def train_once(store_url: str, cfg: RoundConfig, round_id: str, client_id: str, 
                "final_loss": float("nan"), "train_s": 0.0, "proxy_size": 0, "domains": [], "model_key": None}  # fmt: skip
         store.write_json(row_key, row)
         return row
-    row, state = _fit(train, catalog.split(cfg.data, cfg.seed)[1], cfg)
+    row, state = _fit(train, catalog.client_split(cfg.data, cfg.seed)[1], cfg)
     row = {"method": method, "client_id": client_id, **row, "domains": train.domains.tolist(),
            "model_key": _save_model(store_url, round_id, client_id, method, state)}  # fmt: skip
     store.write_json(row_key, row)  # last: marks this model done
@@ -55,9 +57,9 @@ def train_once(store_url: str, cfg: RoundConfig, round_id: str, client_id: str, 
 
 @task(name="train-on-proxy-set", **STORAGE_RETRIES)
 def train_on_selection(store_url: str, cfg: RoundConfig, round_id: str, client_id: str, method: str, selection_key: str) -> dict:
-    pool = catalog.split(cfg.data, cfg.seed)[2]
-    ids = catalog.store(store_url).read_npy(selection_key)
-    return train_once(store_url, cfg, round_id, client_id, method, pool.subset(catalog.rows_of(ids, pool.ids)))
+    proxy = round_pool_images(store_url, cfg, catalog.store(store_url).read_npy(selection_key))
+    # an unlabelled pool image needs an annotator first (ecos labels export / import / train)
+    return train_once(store_url, cfg, round_id, client_id, method, proxy.subset(np.flatnonzero(proxy.labels >= 0)))
 
 
 @task(name="train-local", **STORAGE_RETRIES)

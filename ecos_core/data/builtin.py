@@ -287,6 +287,14 @@ def load_domain(
     )
 
 
+def parse_builtin(spec: str) -> tuple[str, int | None]:
+    """"builtin:<domain>" or "builtin:<domain>:<count>" (a seeded subset) → (domain, count)."""
+    name, _, count = spec.removeprefix("builtin:").partition(":")
+    if count and not count.isdigit():
+        raise ValueError(f"{spec}: expected builtin:<domain> or builtin:<domain>:<count>")
+    return name, int(count) if count else None
+
+
 def load_domains(
     names: list[str] | tuple[str, ...],
     cache_dir: str | Path | None = None,

@@ -31,7 +31,7 @@ import pandas as pd
 from fsspec.core import url_to_fs
 from PIL import Image, UnidentifiedImageError
 
-from ecos_core.data.builtin import IMAGE_SIZE, load_domain
+from ecos_core.data.builtin import IMAGE_SIZE, load_domain, parse_builtin
 from ecos_core.data.split import subsample
 from ecos_core.types import ImageSet
 
@@ -277,14 +277,16 @@ def load_dataset(
     max_samples: int | None = None,
     seed: int = 0,
 ) -> ImageSet:
-    """Load "builtin:<domain>", a .csv/.parquet manifest, or an image folder.
+    """Load "builtin:<domain>[:<count>]", a .csv/.parquet manifest, or an image folder.
 
     max_samples takes the same seeded, order-preserving subset for every source.
     """
     if spec.startswith("builtin:"):
         if size != IMAGE_SIZE:
             raise ValueError(f"{spec}: built-in domains are {IMAGE_SIZE}x{IMAGE_SIZE}, size={size} requested")
-        return load_domain(spec.split(":", 1)[1], cache_dir=cache_dir, max_samples=max_samples, seed=seed)
+        name, count = parse_builtin(spec)
+        limit = count if max_samples is None else max_samples if count is None else min(count, max_samples)
+        return load_domain(name, cache_dir=cache_dir, max_samples=limit, seed=seed)
     if spec.lower().endswith(_MANIFEST_SUFFIXES):
         data = load_manifest(spec, size=size)
     else:

@@ -1,0 +1,81 @@
+"""Index an ingested pool at any size: embed every shard and assign it to the centroids,
+both mapped over the shards on Dask; KMeans in between on a seeded sample.
+
+Cached by content: a shard embedded before is not embedded again (a nightly run after an
+ingest extracts only the new shards), and an index with the same inputs is reused.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+from prefect import flow, get_run_logger, unmapped
+
+from ecos_core import layout
+from ecos_core.config import IndexConfig
+from ecos_core.features import content_key
+from ecos_core.index import radii_of, sample_rows, train_centroids
+from tasks import catalog
+from tasks.features import backbone_spec
+from tasks.pool import require_pool
+from tasks.pool_index import assign_shard, embed_shard, sample_features, write_members
+from tasks.runner import dask_runner, torch_threads
+from tasks.store import check_store
+
+
+@flow(name="ecos-pool-index-shards")
+def _index_shards(pool_url: str, store_url: str, index: IndexConfig, seed: int, threads: int) -> dict:
+    log = get_run_logger()
+    _, pool = require_pool(pool_url)
+    shards, sizes = pool.shards(), list(pool.shard_sizes().values())
+    spec = backbone_spec(index)
+    start = time.perf_counter()
+    embedded = [f.result() for f in embed_shard.map(store_url, pool_url, shards, unmapped(spec), index.batch_size, threads)]
+    computed = [e for e in embedded if e["computed"]]
+    log.info("features: %d of %d shards embedded now, %d found in the store", len(computed), len(shards),
+             len(shards) - len(computed))  # fmt: skip
+    features_s = time.perf_counter() - start
+    keys = [e["key"] for e in embedded]
+    key = content_key("pool-index-v1", keys, index.k, index.niter, index.nredo, seed, index.points_per_centroid)
+    store = catalog.store(store_url)
+    features = {"shards": len(shards), "embedded_now": len(computed), "images_embedded": sum(e["n"] for e in computed),
+                "seconds": features_s, "backbone": spec.model_dump(mode="json")}  # fmt: skip
+    if store.exists(layout.index_part(key, "meta.json")):
+        log.info("index %s found in the store: KMeans and assignment skipped", key)
+        return {"features": features, "index": store.read_json(layout.index_part(key, "meta.json"))}
+    start = time.perf_counter()
+    sample = sample_features(store_url, keys, sample_rows(sizes, index.k * index.points_per_centroid, seed))
+    centroids = train_centroids(sample, index.k, seed, index.niter, index.nredo)
+    kmeans_s = time.perf_counter() - start
+    assigned = [f.result() for f in assign_shard.map(store_url, keys, unmapped(centroids))]
+    nearest = np.concatenate([a[0] for a in assigned])
+    distance = np.concatenate([a[1] for a in assigned])
+    # the catalog lists each shard's rows together, in shard order: the order of `assigned`
+    members = pool.table[["id", "shard", "row", "domain"]].assign(cluster=nearest, distance=distance)
+    write_members(store_url, key, members)
+    radii = radii_of(nearest, distance, index.k)
+    store.write_npy(layout.index_part(key, "centroids.npy"), centroids)
+    store.write_npy(layout.index_part(key, "radii.npy"), radii)
+    sizes_k = np.bincount(nearest, minlength=index.k)
+    meta = {"key": key, "k": index.k, "pool_size": len(pool), "pool": pool_url, "kmeans_points": len(sample),
+            "seconds": time.perf_counter() - start, "kmeans_seconds": kmeans_s,
+            "cluster_size_min": int(sizes_k.min()), "cluster_size_max": int(sizes_k.max())}  # fmt: skip
+    store.write_json(layout.index_part(key, "meta.json"), meta)  # written last: marks the index complete
+    return {"features": features, "index": meta}
+
+
+@flow(name="ecos-pool-index", log_prints=True)
+def pool_index_flow(
+    pool_url: str,
+    store_url: str = "./ecos-store",
+    index: IndexConfig = IndexConfig(),
+    seed: int = 0,
+    dask_address: str | None = None,
+    workers: int | None = None,
+) -> dict:
+    """dask_address: an existing cluster (tcp://host:8786); else a local one of `workers` processes."""
+    check_store(store_url)
+    runner = dask_runner(dask_address, workers)
+    threads = torch_threads(workers) if dask_address is None else 0
+    return _index_shards.with_options(task_runner=runner)(pool_url, store_url, index, seed, threads)

@@ -1,0 +1,128 @@
+"""Pool I/O: reading a published pool (catalog, shards) and ingesting one chunk into a shard."""
+
+from __future__ import annotations
+
+import functools
+import json
+
+import numpy as np
+import pandas as pd
+from prefect import task
+
+from ecos_core.features import content_key
+from ecos_core.pool import layout
+from ecos_core.pool.catalog import PoolCatalog
+from ecos_core.pool.ingest import OnError, decode_chunk
+from ecos_core.pool.shards import decode_shard, encode_shard
+from ecos_core.types import ImageSet
+from tasks import catalog
+from tasks.common import STORAGE_RETRIES
+
+POOL_FORMAT = "ecos-pool-v1"
+
+
+def read_pool(pool_url: str) -> tuple[dict | None, PoolCatalog]:
+    """(pool.json, catalog) of a published pool; (None, empty) where none is published yet."""
+    store = catalog.store(pool_url)
+    if not store.exists(layout.POOL_JSON):
+        return None, PoolCatalog.empty()
+    raw = store.read_bytes(layout.POOL_JSON)
+    return _read_pool(pool_url, raw)
+
+
+@functools.lru_cache(maxsize=4)
+def _read_pool(pool_url: str, raw: bytes) -> tuple[dict, PoolCatalog]:
+    """Cached on pool.json's bytes: a re-ingest publishes a new pool.json, so a new catalog."""
+    store = catalog.store(pool_url)
+    meta = json.loads(raw)
+    if meta.get("format") != POOL_FORMAT:
+        raise ValueError(f"{store.uri(layout.POOL_JSON)}: not an ecos pool (format {meta.get('format')!r})")
+    return meta, PoolCatalog.from_parquet(store.read_bytes(layout.CATALOG), store.uri(layout.CATALOG))
+
+
+def pool_url_of(source: str, store_url: str) -> str:
+    """Where the round's pool lives: an ingested pool is used where it is; a manifest or
+    an image folder is ingested into the store, under a name given by its URL."""
+    if catalog.store(source).exists(layout.POOL_JSON):
+        return source
+    return catalog.store(store_url).uri(f"pools/{content_key('pool-source-v1', source)}")
+
+
+def images_of(pool_url: str, ids: np.ndarray) -> ImageSet:
+    """The images of `ids` (in that order), read from only the shards that hold them."""
+    meta, pool = require_pool(pool_url)
+    rows = pool.locate(ids)
+    size = int(meta["image_size"])
+    images = np.empty((len(rows), size, size, 3), dtype=np.uint8)
+    for sha, group in rows.groupby("shard", sort=False):
+        images[group.index.to_numpy()] = read_shard(pool_url, sha)[group["row"].to_numpy()]
+    return ImageSet(images, rows["label"].to_numpy(np.int64), rows["domain"].to_numpy(str), rows["id"].to_numpy(str))
+
+
+def require_pool(pool_url: str) -> tuple[dict, PoolCatalog]:
+    meta, pool = read_pool(pool_url)
+    if meta is None:
+        raise FileNotFoundError(f"{pool_url}: no ingested pool there (run `ecos pool ingest SOURCE --to {pool_url}`)")
+    return meta, pool
+
+
+@functools.lru_cache(maxsize=4)
+def read_shard(pool_url: str, sha256: str) -> np.ndarray:
+    """A shard's images, refused if its bytes changed since ingest."""
+    store = catalog.store(pool_url)
+    key = layout.shard(sha256)
+    return decode_shard(store.read_bytes(key), sha256, store.uri(key))
+
+
+@task(name="ingest-chunk", **STORAGE_RETRIES)
+def ingest_chunk(pool_url: str, run_key: str, chunk: int, rows: list[dict], image_size: int, on_error: OnError,
+                 max_pixels: int) -> dict:  # fmt: skip
+    """Decode one chunk into one shard. Its checkpoint (written after the shard) makes a
+    rerun skip it: a killed ingest resumes, a finished one is idempotent."""
+    store = catalog.store(pool_url)
+    checkpoint = layout.ingest_chunk(run_key, chunk)
+    if store.exists(checkpoint):
+        return store.read_json(checkpoint)
+    images, kept, errors = decode_chunk(pd.DataFrame.from_records(rows), image_size, on_error, max_pixels)
+    sha = None
+    if len(kept):
+        data, sha = encode_shard(images)
+        if not store.exists(layout.shard(sha)):  # content-addressed: the same images are one object
+            store.write_bytes(layout.shard(sha), data)
+    record = {"chunk": chunk, "shard": sha, "n": len(kept), "skipped": [e.as_dict() for e in errors],
+              "rows": {"id": kept["id"].tolist(), "uri": kept["uri"].tolist(), "label": kept["label"].tolist(),
+                       "domain": kept["domain"].tolist()}}  # fmt: skip
+    store.write_json(checkpoint, record)
+    return record
+
+
+def chunk_catalog_rows(record: dict) -> pd.DataFrame:
+    rows = pd.DataFrame(record["rows"])
+    rows["shard"] = record["shard"]
+    rows["row"] = np.arange(len(rows), dtype=np.int64)
+    rows["label"] = rows["label"].astype(np.int64)
+    return rows
+
+
+@task(name="publish-pool", **STORAGE_RETRIES)
+def publish_pool(pool_url: str, meta: dict | None, pool: PoolCatalog, records: list[dict], image_size: int,
+                 shard_size: int) -> dict:  # fmt: skip
+    """The catalog first, pool.json last: a reader never sees a pool without its catalog."""
+    store = catalog.store(pool_url)
+    new = [chunk_catalog_rows(r) for r in sorted(records, key=lambda r: r["chunk"]) if r["n"]]
+    extended = pool.extend(pd.concat(new, ignore_index=True)) if new else pool
+    store.write_bytes(layout.CATALOG, extended.to_parquet())
+    out = {"format": POOL_FORMAT, "image_size": image_size, "shard_size": (meta or {}).get("shard_size", shard_size),
+           "n_images": len(extended), "shards": [{"sha256": s, "n": n} for s, n in extended.shard_sizes().items()],
+           "domains": extended.domain_counts(), "labelled": int((extended.labels >= 0).sum())}  # fmt: skip
+    store.write_json(layout.POOL_JSON, out)
+    return out
+
+
+def round_pool_images(store_url: str, cfg, ids: np.ndarray) -> ImageSet:  # noqa: ANN001 - RoundConfig
+    """The pool images of `ids` in a round: from the ingested pool's shards, or from the
+    built-in split's pool."""
+    if cfg.data.pool:
+        return images_of(pool_url_of(cfg.data.pool, store_url), ids)
+    pool = catalog.split(cfg.data, cfg.seed)[2]
+    return pool.subset(catalog.rows_of(ids, pool.ids))

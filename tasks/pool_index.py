@@ -1,0 +1,87 @@
+"""The index of an ingested pool, one shard at a time: features per shard (cached by the
+shard's content and the backbone), KMeans on a seeded sample, then each shard's nearest
+centroid and distance. Cluster membership is a parquet table in the store, so a sampler
+reads only the clusters it needs."""
+
+from __future__ import annotations
+
+import functools
+import io
+import time
+
+import numpy as np
+import pandas as pd
+from prefect import task
+
+from ecos_core import layout
+from ecos_core.backbone import BackboneSpec, load_backbone
+from ecos_core.features import content_key, embed
+from ecos_core.index import l2_normalize, nearest_with_distance
+from tasks import catalog
+from tasks.common import STORAGE_RETRIES
+from tasks.pool import read_shard
+
+MEMBER_COLUMNS = ("id", "shard", "row", "domain", "cluster", "distance")
+
+
+def shard_features_key(sha256: str, spec: BackboneSpec) -> str:
+    return layout.features(content_key("pool-shard-v1", sha256, spec.model_dump(mode="json")))
+
+
+@task(name="embed-shard", **STORAGE_RETRIES)
+def embed_shard(store_url: str, pool_url: str, sha256: str, spec: BackboneSpec, batch_size: int, threads: int) -> dict:
+    """Features of one shard; a shard embedded before (by any pool or index) is skipped."""
+    store = catalog.store(store_url)
+    key = shard_features_key(sha256, spec)
+    if store.exists(key):
+        return {"key": key, "computed": False, "n": 0, "seconds": 0.0}
+    import torch
+
+    if threads > 0:  # workers × threads = the cores; 0: a remote cluster keeps its own setting
+        torch.set_num_threads(threads)
+    model, _ = load_backbone(spec)
+    images = read_shard(pool_url, sha256)
+    start = time.perf_counter()
+    store.write_npy(key, embed(images, model, spec.preprocessing, batch_size, show_bar=False))
+    return {"key": key, "computed": True, "n": len(images), "seconds": time.perf_counter() - start}
+
+
+@functools.lru_cache(maxsize=8)
+def read_features(store_url: str, key: str) -> np.ndarray:
+    return catalog.store(store_url).read_npy(key)
+
+
+def sample_features(store_url: str, keys: list[str], rows: list[np.ndarray]) -> np.ndarray:
+    """The sampled rows of each shard's features, l2-normalised, read one shard at a time."""
+    parts = [l2_normalize(catalog.store(store_url).read_npy(k)[r]) for k, r in zip(keys, rows) if len(r)]
+    return np.concatenate(parts)
+
+
+@task(name="assign-shard", **STORAGE_RETRIES)
+def assign_shard(store_url: str, key: str, centroids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(nearest centroid, distance) of every row of one shard."""
+    return nearest_with_distance(l2_normalize(catalog.store(store_url).read_npy(key)), centroids)
+
+
+def write_members(store_url: str, index_key: str, members: pd.DataFrame) -> None:
+    buf = io.BytesIO()
+    # in catalog order, so that every sampler sees the pool in one order, as in memory
+    members[list(MEMBER_COLUMNS)].to_parquet(buf, index=False)
+    catalog.store(store_url).write_bytes(layout.index_part(index_key, "members.parquet"), buf.getvalue())
+
+
+def read_members(store_url: str, index_key: str, clusters: list[int] | None = None) -> pd.DataFrame:
+    """Members of `clusters` (all when None), in catalog order."""
+    data = catalog.store(store_url).read_bytes(layout.index_part(index_key, "members.parquet"))
+    filters = None if clusters is None else [("cluster", "in", [int(c) for c in clusters])]
+    return pd.read_parquet(io.BytesIO(data), filters=filters)
+
+
+def features_at(store_url: str, spec: BackboneSpec, rows: pd.DataFrame) -> np.ndarray:
+    """l2-normalised features of `rows` (columns shard, row), in their order, reading only
+    the shards they lie in, one at a time."""
+    rows = rows.reset_index(drop=True)  # group.index: positions in `rows`
+    out = np.empty((len(rows), spec.feature_dim), dtype=np.float32)
+    for sha, group in rows.groupby("shard", sort=False):
+        out[group.index.to_numpy()] = catalog.store(store_url).read_npy(shard_features_key(sha, spec))[group["row"].to_numpy()]
+    return l2_normalize(out)

@@ -1,0 +1,148 @@
+"""An ingested pool indexed and sampled on a real local Dask cluster (2 workers) gives
+bit-identical features, centroids, assignments, radii and selections to the in-memory,
+single-process path; only new shards are embedded; a round runs on the user's pool."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ecos_core.backbone import load_backbone
+from ecos_core.config import IndexConfig, RoundConfig
+from ecos_core.features import embed
+from ecos_core.index import build_index
+from ecos_core.pool import layout
+from ecos_core.pool.shards import ShardIntegrityError
+from ecos_core.samplers import ECOSSampler, KCenterSampler, SamplingPool
+
+INDEX = IndexConfig(k=10, niter=10, nredo=1)  # 10 × 256 sample points ≥ the pool: KMeans sees every point
+SOURCES = ("builtin:mnist:700", "builtin:mnistm:500", "builtin:animal:500", "builtin:synth:300")
+
+
+@pytest.fixture(scope="module")
+def pool_url(tmp_path_factory) -> str:
+    """Built-in domains listed in one manifest (uri builtin:<domain>/<index>): one ingest."""
+    import pandas as pd
+
+    from ecos_core.pool.sources import source_rows
+    from flows.ingest_flow import ingest_flow
+
+    folder = tmp_path_factory.mktemp("pool")
+    pd.concat([source_rows(s) for s in SOURCES])[["id", "uri", "label", "domain"]].to_csv(folder / "m.csv", index=False)
+    ingest_flow(str(folder / "m.csv"), str(folder / "pool"), shard_size=256, workers=2)
+    return str(folder / "pool")
+
+
+@pytest.fixture(scope="module")
+def indexed(pool_url, tmp_path_factory):
+    from flows.pool_index_flow import pool_index_flow
+
+    store_url = str(tmp_path_factory.mktemp("store"))
+    return store_url, pool_index_flow(pool_url, store_url, INDEX, seed=0, workers=2)
+
+
+def in_memory(pool_url):
+    """The single-process path: every shard's images embedded in this process, concatenated."""
+    from tasks.pool import read_pool, read_shard
+
+    _, pool = read_pool(pool_url)
+    model, spec = load_backbone()
+    features = np.concatenate([embed(read_shard(pool_url, s), model, spec.preprocessing, 128, show_bar=False)
+                               for s in pool.shards()])  # fmt: skip
+    return pool, features
+
+
+def test_dask_index_is_bit_identical_to_the_single_process_path(pool_url, indexed):
+    from ecos_core import layout as store_layout
+    from tasks import catalog
+    from tasks.pool_index import read_features, read_members, shard_features_key
+
+    store_url, out = indexed
+    pool, features = in_memory(pool_url)
+    assert out["features"]["embedded_now"] == out["features"]["shards"] == len(pool.shards())
+    _, spec = load_backbone()
+    stored = np.concatenate([read_features(store_url, shard_features_key(s, spec)) for s in pool.shards()])
+    assert np.array_equal(stored, features)
+    ref = build_index(features, INDEX.k, 0, INDEX.niter, INDEX.nredo)
+    key = out["index"]["key"]
+    store = catalog.store(store_url)
+    assert np.array_equal(store.read_npy(store_layout.index_part(key, "centroids.npy")), ref.centroids)
+    assert np.array_equal(store.read_npy(store_layout.index_part(key, "radii.npy")), ref.radii)
+    members = read_members(store_url, key).set_index("id").loc[pool.ids]
+    assert np.array_equal(members["cluster"].to_numpy(), ref.assignments)
+    some = read_members(store_url, key, clusters=[2, 5])
+    assert set(some["cluster"]) == {2, 5} and len(some) == int(np.isin(ref.assignments, [2, 5]).sum())
+
+
+def test_pool_selections_match_the_in_memory_samplers(pool_url, indexed):
+    from ecos_core.index import l2_normalize
+    from tasks import catalog
+    from tasks.pool_sampling import select_from_pool
+
+    store_url, out = indexed
+    cfg = RoundConfig.model_validate({"data": {"pool": pool_url}, "index": INDEX.model_dump(), "sampling": {"budget": 150}})
+    pool, features = in_memory(pool_url)
+    train, test = catalog.client_split(cfg.data, cfg.seed)
+    keep = ~np.isin(pool.ids, np.concatenate([train.ids, test.ids]))
+    assert (~keep).sum() > 0, "the pool should hold some of the client's own mnistm samples"
+    ref = build_index(features, INDEX.k, 0, INDEX.niter, INDEX.nredo)
+    view = SamplingPool(l2_normalize(features)[keep], ref.assignments[keep], ref.centroids)
+    scores = np.bincount(ref.assignments[keep][pool.domains[keep] == "mnistm"], minlength=INDEX.k).astype(float)
+    _, spec = load_backbone()
+    rule = ECOSSampler(sigma=0.0, seed=0)
+    expected = {"oracle": rule.select_with_scores(view, 150, scores), "kcenter": KCenterSampler(0).select(view, 150)}
+    for method, picked in expected.items():
+        got = select_from_pool(store_url, out["index"]["key"], spec, cfg, method, scores)
+        assert sorted(got) == sorted(pool.ids[keep][picked]), method
+    ood = cfg.model_copy(update={"data": cfg.data.model_copy(update={"regime": "ood"})})
+    assert not any(i.startswith("mnistm/") for i in select_from_pool(store_url, out["index"]["key"], spec, ood, "random", None))
+
+
+def test_only_new_shards_are_embedded_and_a_changed_shard_is_refused(pool_url, indexed, tmp_path):
+    import shutil
+
+    from flows.ingest_flow import ingest_flow
+    from flows.pool_index_flow import pool_index_flow
+    from tasks.pool import images_of, read_pool
+
+    store_url, _ = indexed
+    grown = str(tmp_path / "grown")
+    shutil.copytree(pool_url, grown)
+    assert ingest_flow("builtin:optdigits:300", grown, shard_size=256, workers=2)["ingested"] == 300
+    out = pool_index_flow(grown, store_url, INDEX, seed=0, workers=2)
+    assert out["features"]["embedded_now"] == 2 and out["features"]["shards"] == len(read_pool(grown)[1].shards())
+
+    _, pool = read_pool(grown)
+    victim = tmp_path / "grown" / layout.shard(pool.shards()[0])
+    data = bytearray(victim.read_bytes())
+    data[-1] ^= 0xFF
+    victim.write_bytes(bytes(data))
+    with pytest.raises(ShardIntegrityError, match="changed after ingest"):
+        images_of(grown, pool.ids[:1])
+
+
+def test_a_round_runs_on_the_users_pool_with_its_own_client_dataset(pool_url, tmp_path):
+    from ecos_core.store import Store
+    from flows.round_flow import round_flow
+    from tasks import catalog
+    from tasks.pool import read_pool
+
+    cfg = RoundConfig.model_validate({
+        "data": {"pool": pool_url, "client": "builtin:mnistm:400", "n_client_train": 80, "n_client_test": 80},
+        "index": {"k": 8, "niter": 10, "nredo": 1}, "sampling": {"budget": 60},
+        "train": {"max_epochs": 2, "max_steps": 10, "batch_size": 32},
+        "deadline_s": 120, "poll_s": 0.3, "domain_report": False, "dask": {"workers": 2},
+    })  # fmt: skip
+    store_url = str(tmp_path / "store")
+    out = round_flow(cfg, store_url, "t-pool-round", True, str(tmp_path / "devices"))
+    rows = {r["method"]: r for r in out["results"]}
+    assert set(rows) == {"ecos", "oracle", "random", "kcenter", "local"}
+    assert rows["random"]["proxy_size"] == 60 and rows["ecos"]["proxy_size"] > 0
+    train, test = catalog.client_split(cfg.data, cfg.seed)
+    client_ids = set(train.ids) | set(test.ids)
+    assert len(train) == 80 and len(test) == 80
+    pool_ids = set(read_pool(pool_url)[1].ids)
+    for method in ("ecos", "oracle", "random", "kcenter"):
+        picked = set(Store(store_url).read_npy(f"rounds/t-pool-round/selections/client-0/{method}.npy"))
+        assert picked <= pool_ids and not picked & client_ids, method
+    assert rows["ecos"]["client_domain_share"] > rows["random"]["client_domain_share"]
