@@ -33,6 +33,9 @@ def ingest(
     the pool are skipped)."""
     if on_error not in ("fail", "skip"):
         raise ValueError(f"--on-error must be fail or skip, got {on_error!r}")
+    from ecos_core.pool.sources import check_source
+
+    check_source(source)  # within a second, before Prefect and Dask start
     from flows.ingest_flow import ingest_flow
 
     report = ingest_flow(source, to, shard_size, image_size, on_error, domain, dask_address, workers)

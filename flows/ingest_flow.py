@@ -15,14 +15,13 @@ from ecos_core.pool import layout
 from ecos_core.pool.ingest import MAX_PIXELS, IngestError, chunk_bounds
 from ecos_core.pool.sources import ROW_COLUMNS, source_rows
 from tasks import catalog
-from tasks.pool import ingest_chunk, publish_pool, read_pool
+from tasks.pool import ingest_chunk, publish_pool, read_pool, write_chunk_rows
 from tasks.runner import dask_runner
 
 
 @flow(name="ecos-pool-ingest-chunks")
-def _ingest_chunks(pool_url: str, run_key: str, chunks: list[list[dict]], image_size: int, on_error: str,
-                   max_pixels: int) -> list[dict]:  # fmt: skip
-    futures = ingest_chunk.map(pool_url, run_key, list(range(len(chunks))), chunks, image_size, on_error, max_pixels)
+def _ingest_chunks(pool_url: str, run_key: str, chunks: int, image_size: int, on_error: str, max_pixels: int) -> list[dict]:
+    futures = ingest_chunk.map(pool_url, run_key, list(range(chunks)), image_size, on_error, max_pixels)
     return [f.result() for f in futures]
 
 
@@ -48,9 +47,9 @@ def ingest_flow(
     new = rows[~rows["id"].isin(pool.table["id"])].reset_index(drop=True)
     run_key = content_key(*(new[c].to_numpy(dtype=str) for c in ROW_COLUMNS), image_size, shard_size, on_error,
                           max_pixels, pool.shards())  # fmt: skip
-    chunks = [new.iloc[a:b].to_dict("records") for a, b in chunk_bounds(len(new), shard_size)]
+    chunks = write_chunk_rows(to, run_key, new, chunk_bounds(len(new), shard_size))
     log.info("%s: %d rows, %d already in the pool, %d to ingest in %d chunks", source, len(rows), len(rows) - len(new),
-             len(new), len(chunks))  # fmt: skip
+             len(new), chunks)  # fmt: skip
     records = []
     if chunks:
         runner = _ingest_chunks.with_options(task_runner=dask_runner(dask_address, workers))

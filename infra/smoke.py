@@ -102,6 +102,28 @@ def screenshots(env: dict[str, str], run_id: str, out: Path) -> None:
         step(f"screenshot {out / name}.png")
 
 
+def ingest_user_pool(env: dict[str, str], state_dir: Path) -> str:
+    """A user's pool in the bucket: a manifest mixing the user's own image files (PNG scans
+    of digits) with built-in domains by reference, ingested into shards with `ecos pool ingest`."""
+    import pandas as pd
+
+    from ecos_core.pool.sources import source_rows
+
+    ecos, files = str(BIN / "ecos"), state_dir / "user-pool"
+    run([ecos, "data", "export", "builtin:mnist", "--max-samples", "150", "--seed", "3", "--out", str(files)], env)
+    scans = pd.DataFrame([(str(p), p.parent.name, "scans") for p in sorted(files.glob("*/*.png"))],
+                         columns=["uri", "label", "domain"])  # fmt: skip
+    builtin = [source_rows(f"builtin:{d}:{n}")[["uri", "label", "domain"]] for d, n in (("mnistm", 400), ("synth", 200),
+                                                                                         ("animal", 200))]  # fmt: skip
+    rows = pd.concat([scans, *builtin], ignore_index=True)
+    rows.to_csv(state_dir / "pool.csv", index=False)
+    pool_url = env["ECOS_STORE"] + "/pools/ci"
+    step(f"ingesting a user pool of {len(rows)} images (files + built-in references) into {pool_url}")
+    out = run([ecos, "pool", "ingest", str(state_dir / "pool.csv"), "--to", pool_url, "--shard-size", "128"], env, timeout=300)
+    step(out.stdout.strip().splitlines()[-1])
+    return pool_url
+
+
 def main() -> int:
     state_dir = Path(tempfile.mkdtemp(prefix="ecos-smoke-"))
     env = {**os.environ, "ECOS_INFRA_DIR": str(state_dir / "infra"), "ECOS_S3_PORT": str(free_port()),
@@ -124,10 +146,15 @@ def main() -> int:
         ecos = str(BIN / "ecos")
         run([ecos, "clients", "enroll", "ci-device", "--out", str(device / "enrollment.json")], env)
         run([ecos, "data", "export", "builtin:mnistm", "--max-samples", "80", "--seed", "7", "--out", str(device / "images")], env)
+        pool_url = ingest_user_pool(env, state_dir)
         round_id = f"ci-{int(time.time())}"
-        step(f"starting deployment ecos-round/ecos-smoke the way the UI does (API create_flow_run), round {round_id}")
+        step(f"starting deployment ecos-round/ecos-smoke the way the UI does (API create_flow_run), round {round_id}, "
+             f"on the user pool {pool_url}")  # fmt: skip
         deployment = _api(env, "/deployments/name/ecos-round/ecos-smoke")
-        created = _api(env, f"/deployments/{deployment['id']}/create_flow_run", {"parameters": {"round_id": round_id}})  # type: ignore[index]
+        cfg = deployment["parameters"]["cfg"]  # type: ignore[index]
+        cfg["data"]["pool"] = pool_url  # as a person edits the typed cfg parameter in the UI
+        created = _api(env, f"/deployments/{deployment['id']}/create_flow_run",  # type: ignore[index]
+                       {"parameters": {"round_id": round_id, "cfg": cfg}})  # fmt: skip
         run_id = created["id"]  # type: ignore[index]
         nightly = _api(env, "/deployments/name/ecos-index/ecos-index-nightly")
         assert nightly["schedules"], "the index deployment has no schedule"  # type: ignore[index]
@@ -154,6 +181,8 @@ def main() -> int:
                                client_kwargs={"endpoint_url": env["ECOS_S3_ENDPOINT"]})  # fmt: skip
         prefix = env["ECOS_STORE"].removeprefix("s3://") + f"/rounds/{round_id}"
         stored = {p.removeprefix(prefix + "/") for p in fs.find(prefix)}
+        shards = fs.find(env["ECOS_STORE"].removeprefix("s3://") + "/pools/ci/shards")
+        assert shards, "the user pool's shards are not in the bucket"
         for name in ("report.md", "results.csv", "results.png", "manifest.json", "ledger.json", "probe/probe.json",
                      "probe/centroids.npy", "responses/ci-device.json", "accepted/ci-device.json",
                      "selections/ci-device/ecos.npy", "models/ci-device/ecos.pt"):  # fmt: skip

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Callable
 
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
@@ -10,6 +11,21 @@ from prefect.client.schemas.objects import State, TaskRun
 from ecos_core.store import StoreError
 
 RETRYABLE = (StoreError, ConnectionError, TimeoutError)
+USER_ERRORS = (ValueError, FileNotFoundError, KeyError)  # bad input: the message says it all
+
+
+class _NoTracebackForUserErrors(logging.Filter):
+    """A bad row or a missing file is the user's input, not our bug: Prefect still logs
+    the error, as one line, and the CLI prints it once; a real bug keeps its traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], USER_ERRORS):
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+for _name in ("prefect.flow_runs", "prefect.task_runs"):  # in the flow's process and in every Dask worker
+    logging.getLogger(_name).addFilter(_NoTracebackForUserErrors())
 
 
 def retry_on_storage_errors(_task: object, _run: TaskRun, state: State) -> bool:

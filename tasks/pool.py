@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import io
 import json
 
 import numpy as np
@@ -74,16 +75,28 @@ def read_shard(pool_url: str, sha256: str) -> np.ndarray:
     return decode_shard(store.read_bytes(key), sha256, store.uri(key))
 
 
+def write_chunk_rows(pool_url: str, run_key: str, rows: pd.DataFrame, bounds: list[tuple[int, int]]) -> int:
+    """Each unfinished chunk's source rows as a small parquet in the pool's ingest folder:
+    the mapped tasks get chunk numbers, so no flow parameter ever holds the whole listing."""
+    store = catalog.store(pool_url)
+    for chunk, (start, stop) in enumerate(bounds):
+        if not store.exists(layout.ingest_chunk(run_key, chunk)):
+            buf = io.BytesIO()
+            rows.iloc[start:stop].to_parquet(buf, index=False)
+            store.write_bytes(layout.ingest_rows(run_key, chunk), buf.getvalue())
+    return len(bounds)
+
+
 @task(name="ingest-chunk", **STORAGE_RETRIES)
-def ingest_chunk(pool_url: str, run_key: str, chunk: int, rows: list[dict], image_size: int, on_error: OnError,
-                 max_pixels: int) -> dict:  # fmt: skip
+def ingest_chunk(pool_url: str, run_key: str, chunk: int, image_size: int, on_error: OnError, max_pixels: int) -> dict:
     """Decode one chunk into one shard. Its checkpoint (written after the shard) makes a
     rerun skip it: a killed ingest resumes, a finished one is idempotent."""
     store = catalog.store(pool_url)
     checkpoint = layout.ingest_chunk(run_key, chunk)
     if store.exists(checkpoint):
         return store.read_json(checkpoint)
-    images, kept, errors = decode_chunk(pd.DataFrame.from_records(rows), image_size, on_error, max_pixels)
+    rows = pd.read_parquet(io.BytesIO(store.read_bytes(layout.ingest_rows(run_key, chunk))))
+    images, kept, errors = decode_chunk(rows, image_size, on_error, max_pixels)
     sha = None
     if len(kept):
         data, sha = encode_shard(images)

@@ -83,5 +83,6 @@ def features_at(store_url: str, spec: BackboneSpec, rows: pd.DataFrame) -> np.nd
     rows = rows.reset_index(drop=True)  # group.index: positions in `rows`
     out = np.empty((len(rows), spec.feature_dim), dtype=np.float32)
     for sha, group in rows.groupby("shard", sort=False):
-        out[group.index.to_numpy()] = catalog.store(store_url).read_npy(shard_features_key(sha, spec))[group["row"].to_numpy()]
-    return l2_normalize(out)
+        taken = catalog.store(store_url).read_npy(shard_features_key(sha, spec))[group["row"].to_numpy()]
+        out[group.index.to_numpy()] = l2_normalize(taken)  # row by row, as on the whole: no second full copy
+    return out

@@ -15,6 +15,9 @@ from tasks import catalog
 from tasks.pool_index import features_at, read_members
 
 
+MAX_ROWS_IN_MEMORY = 50_000  # features of at most this many pool images at once (≈ 256 MB at d=1280)
+
+
 def eligible_members(store_url: str, index_key: str, cfg: RoundConfig) -> pd.DataFrame:
     """The round's pool: the indexed pool less the client's own samples and, in the "ood"
     regime, less the client's domain."""
@@ -44,7 +47,26 @@ def select_from_pool(store_url: str, index_key: str, spec: BackboneSpec, cfg: Ro
     scores = np.asarray(scores, dtype=np.float64)
     if scores.shape != (len(centroids),) or not np.isfinite(scores).all():
         raise ValueError(f"scores must be {len(centroids)} finite numbers, got shape {scores.shape}")
-    share = rule.cluster_budgets(scores, np.bincount(members["cluster"], minlength=len(centroids)), budget)
-    needed = members[members["cluster"].isin(np.flatnonzero(share))].reset_index(drop=True)
-    view = SamplingPool(features_at(store_url, spec, needed), needed["cluster"].to_numpy(np.int64), centroids)
-    return needed["id"].to_numpy(str)[rule.pick(view, share)]
+    sizes = np.bincount(members["cluster"], minlength=len(centroids))
+    share = rule.cluster_budgets(scores, sizes, budget)
+    picked = []
+    for batch in cluster_batches(np.flatnonzero(share), sizes, MAX_ROWS_IN_MEMORY):
+        needed = members[members["cluster"].isin(batch)]  # index: positions in `members`
+        view = SamplingPool(features_at(store_url, spec, needed), needed["cluster"].to_numpy(np.int64), centroids)
+        picked.append(needed.index.to_numpy()[rule.pick(view, np.where(np.isin(np.arange(len(share)), batch), share, 0))])
+    return members["id"].to_numpy(str)[np.sort(np.concatenate(picked))] if picked else np.zeros(0, dtype=str)
+
+
+def cluster_batches(clusters: np.ndarray, sizes: np.ndarray, max_rows: int) -> list[np.ndarray]:
+    """Consecutive groups of clusters holding at most max_rows members together (a larger
+    cluster goes alone): k-center picks inside one cluster, so the groups are independent
+    and memory stays bounded however many clusters the client covers."""
+    batches: list[list[int]] = []
+    rows = max_rows
+    for c in clusters:
+        if rows + sizes[c] > max_rows:
+            batches.append([])
+            rows = 0
+        batches[-1].append(int(c))
+        rows += int(sizes[c])
+    return [np.asarray(b) for b in batches]

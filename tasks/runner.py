@@ -26,4 +26,19 @@ def dask_runner(address: str | None = None, workers: int | None = None, threads_
         return DaskTaskRunner(address=address)
     return DaskTaskRunner(cluster_kwargs={"n_workers": workers or local_workers(threads_per_worker),
                                           "threads_per_worker": threads_per_worker, "processes": True,
-                                          "dashboard_address": None})  # fmt: skip
+                                          "dashboard_address": ":0", "env": _worker_env()})  # fmt: skip
+
+
+def _worker_env() -> dict[str, str]:
+    """Local workers report to this process's Prefect API. Without a server configured
+    that is the temporary one Prefect started here: left to themselves, the workers would
+    each start their own (≈220 MB and seconds apiece), invisible to this run."""
+    from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_EPHEMERAL_ENABLED
+
+    if PREFECT_API_URL.value() or not PREFECT_SERVER_EPHEMERAL_ENABLED.value():
+        return {}
+    from prefect.server.api.server import SubprocessASGIServer
+
+    server = SubprocessASGIServer()  # a per-process singleton: the one this run already uses
+    server.start()
+    return {"PREFECT_API_URL": server.api_url}

@@ -4,6 +4,8 @@ single-process path; only new shards are embedded; a round runs on the user's po
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -74,11 +76,14 @@ def test_dask_index_is_bit_identical_to_the_single_process_path(pool_url, indexe
     assert set(some["cluster"]) == {2, 5} and len(some) == int(np.isin(ref.assignments, [2, 5]).sum())
 
 
-def test_pool_selections_match_the_in_memory_samplers(pool_url, indexed):
+@pytest.mark.parametrize("max_rows", [50_000, 300])  # 300: ECOS loads its clusters a few at a time
+def test_pool_selections_match_the_in_memory_samplers(pool_url, indexed, max_rows, monkeypatch):
     from ecos_core.index import l2_normalize
     from tasks import catalog
+    from tasks import pool_sampling
     from tasks.pool_sampling import select_from_pool
 
+    monkeypatch.setattr(pool_sampling, "MAX_ROWS_IN_MEMORY", max_rows)
     store_url, out = indexed
     cfg = RoundConfig.model_validate({"data": {"pool": pool_url}, "index": INDEX.model_dump(), "sampling": {"budget": 150}})
     pool, features = in_memory(pool_url)
@@ -93,7 +98,7 @@ def test_pool_selections_match_the_in_memory_samplers(pool_url, indexed):
     expected = {"oracle": rule.select_with_scores(view, 150, scores), "kcenter": KCenterSampler(0).select(view, 150)}
     for method, picked in expected.items():
         got = select_from_pool(store_url, out["index"]["key"], spec, cfg, method, scores)
-        assert sorted(got) == sorted(pool.ids[keep][picked]), method
+        assert list(got) == list(pool.ids[keep][picked]), method  # same ids, in pool order
     ood = cfg.model_copy(update={"data": cfg.data.model_copy(update={"regime": "ood"})})
     assert not any(i.startswith("mnistm/") for i in select_from_pool(store_url, out["index"]["key"], spec, ood, "random", None))
 
@@ -121,14 +126,16 @@ def test_only_new_shards_are_embedded_and_a_changed_shard_is_refused(pool_url, i
         images_of(grown, pool.ids[:1])
 
 
-def test_a_round_runs_on_the_users_pool_with_its_own_client_dataset(pool_url, tmp_path):
+def test_a_round_runs_on_the_users_manifest_with_its_own_client_dataset(pool_url, tmp_path):
+    """data.pool names the manifest itself: the round ingests it into the store first."""
     from ecos_core.store import Store
     from flows.round_flow import round_flow
     from tasks import catalog
-    from tasks.pool import read_pool
+    from tasks.pool import pool_url_of, read_pool
 
+    manifest = str(Path(pool_url).parent / "m.csv")
     cfg = RoundConfig.model_validate({
-        "data": {"pool": pool_url, "client": "builtin:mnistm:400", "n_client_train": 80, "n_client_test": 80},
+        "data": {"pool": manifest, "client": "builtin:mnistm:400", "n_client_train": 80, "n_client_test": 80},
         "index": {"k": 8, "niter": 10, "nredo": 1}, "sampling": {"budget": 60},
         "train": {"max_epochs": 2, "max_steps": 10, "batch_size": 32},
         "deadline_s": 120, "poll_s": 0.3, "domain_report": False, "dask": {"workers": 2},
@@ -141,7 +148,9 @@ def test_a_round_runs_on_the_users_pool_with_its_own_client_dataset(pool_url, tm
     train, test = catalog.client_split(cfg.data, cfg.seed)
     client_ids = set(train.ids) | set(test.ids)
     assert len(train) == 80 and len(test) == 80
-    pool_ids = set(read_pool(pool_url)[1].ids)
+    ingested = pool_url_of(manifest, store_url)
+    assert ingested.startswith(store_url) and read_pool(ingested)[0]["n_images"] == read_pool(pool_url)[0]["n_images"]
+    pool_ids = set(read_pool(ingested)[1].ids)
     for method in ("ecos", "oracle", "random", "kcenter"):
         picked = set(Store(store_url).read_npy(f"rounds/t-pool-round/selections/client-0/{method}.npy"))
         assert picked <= pool_ids and not picked & client_ids, method

@@ -20,6 +20,7 @@ from PIL import Image, UnidentifiedImageError
 from ecos_core.data.builtin import IMAGE_SIZE, load_domain
 from ecos_core.data.user import MAX_BYTES_PER_FILE, _open_store, _read_capped
 from ecos_core.pool.catalog import UNLABELLED
+from ecos_core.pool.synthetic import augmented
 
 OnError = Literal["fail", "skip"]
 MAX_PIXELS = 40_000_000  # a 6,300 px square photo; a bomb declares far more in a few KB
@@ -67,6 +68,10 @@ def _resize(rgb: Image.Image, size: int) -> np.ndarray:
 
 def load_image(uri: str, size: int, max_pixels: int = MAX_PIXELS, max_bytes: int = MAX_BYTES_PER_FILE) -> np.ndarray:
     """uint8 (size, size, 3) RGB; ValueError with the reason when the row is bad."""
+    if uri.startswith("augment:"):
+        seed, _, index = uri.removeprefix("augment:").partition("/")
+        image = augmented(int(seed), int(index))[0]
+        return image if size == IMAGE_SIZE else _resize(Image.fromarray(image), size)
     if uri.startswith("builtin:"):
         name, _, index = uri.removeprefix("builtin:").partition("/")
         image = _builtin(name).images[int(index)]

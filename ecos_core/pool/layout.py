@@ -15,6 +15,11 @@ def shard(sha256: str) -> str:
     return f"shards/{sha256}.npy"
 
 
+def ingest_rows(run_key: str, chunk: int) -> str:
+    """The source rows of one chunk, written by the driver: a task gets a key, not the rows."""
+    return f"ingest/{run_key}/rows-{chunk:06d}.parquet"
+
+
 def ingest_chunk(run_key: str, chunk: int) -> str:
     """The catalog rows (and skipped rows) of one finished chunk: the resume checkpoint."""
     return f"ingest/{run_key}/chunk-{chunk:06d}.json"

@@ -22,8 +22,9 @@ from pathlib import PurePosixPath
 import numpy as np
 import pandas as pd
 
-from ecos_core.data.builtin import load_domain, parse_builtin
-from ecos_core.data.user import _class_dirs, _is_hidden, _join_url, _read_table, _resolve, _storage_errors, _text
+from ecos_core.data.builtin import BUILTIN_DOMAINS, load_domain, parse_builtin
+from ecos_core.pool.synthetic import augmented_labels
+from ecos_core.data.user import _class_dirs, _open_store, _is_hidden, _join_url, _read_table, _resolve, _storage_errors, _text
 
 ROW_COLUMNS = ("source_row", "id", "uri", "label", "domain")
 _MANIFEST_SUFFIXES = (".csv", ".parquet", ".pq")
@@ -86,10 +87,41 @@ def folder_rows(root: str, domain: str | None = None) -> pd.DataFrame:
     return _rows(ids, uris, labels, [domain] * len(ids))
 
 
+def augment_rows(spec: str) -> pd.DataFrame:
+    """"augment:<n>[:<seed>]": n synthetic images (ecos_core.pool.synthetic)."""
+    check_source(spec)
+    n, _, seed = spec.removeprefix("augment:").partition(":")
+    seed_i = int(seed or 0)
+    labels, domains = augmented_labels(seed_i, int(n))
+    ids = [f"aug{seed_i}/{i:07d}" for i in range(int(n))]
+    return _rows(ids, [f"augment:{seed_i}/{i}" for i in range(int(n))], [str(y) for y in labels], domains)
+
+
+def check_source(spec: str) -> None:
+    """The cheap checks of a source (its form, that it exists), before anything starts."""
+    if spec.startswith("builtin:"):
+        name, _ = parse_builtin(spec)
+        if name not in BUILTIN_DOMAINS:
+            raise ValueError(f"{spec}: unknown built-in domain {name!r}; known: {list(BUILTIN_DOMAINS)}")
+    elif spec.startswith("augment:"):
+        n, _, seed = spec.removeprefix("augment:").partition(":")
+        if not n.isdigit() or (seed and not seed.isdigit()):
+            raise ValueError(f"{spec}: expected augment:<count>[:<seed>]")
+    elif spec.lower().endswith(_MANIFEST_SUFFIXES):
+        fs, path = _open_store(spec)
+        with _storage_errors(spec, "access manifest"):
+            if not fs.isfile(path):
+                raise FileNotFoundError(f"{spec}: manifest not found")
+    else:
+        _class_dirs(spec)
+
+
 def source_rows(spec: str, domain: str | None = None, seed: int = 0) -> pd.DataFrame:
     """The rows of one source, in a stable order (a rerun lists the same rows)."""
     if spec.startswith("builtin:"):
         return builtin_rows(spec, seed)
+    if spec.startswith("augment:"):
+        return augment_rows(spec)
     if spec.lower().endswith(_MANIFEST_SUFFIXES):
         return manifest_rows(spec)
     return folder_rows(spec, domain)
