@@ -9,17 +9,16 @@ from __future__ import annotations
 
 import time
 
-import numpy as np
 from prefect import flow, get_run_logger, unmapped
 
 from ecos_core import layout
 from ecos_core.config import IndexConfig
 from ecos_core.features import content_key
-from ecos_core.index import radii_of, sample_rows, train_centroids
+from ecos_core.index import sample_rows, train_centroids
 from tasks import catalog
 from tasks.features import backbone_spec
 from tasks.pool import require_pool
-from tasks.pool_index import assign_shard, embed_shard, sample_features, write_members
+from tasks.pool_index import assign_shard, embed_shard, sample_features, save_pool_index
 from tasks.runner import dask_runner, torch_threads
 from tasks.store import check_store
 
@@ -49,18 +48,8 @@ def _index_shards(pool_url: str, store_url: str, index: IndexConfig, seed: int, 
     centroids = train_centroids(sample, index.k, seed, index.niter, index.nredo)
     kmeans_s = time.perf_counter() - start
     assigned = [f.result() for f in assign_shard.map(store_url, keys, unmapped(centroids))]
-    nearest = np.concatenate([a[0] for a in assigned])
-    distance = np.concatenate([a[1] for a in assigned])
-    # the catalog lists each shard's rows together, in shard order: the order of `assigned`
-    members = pool.table[["id", "shard", "row", "domain"]].assign(cluster=nearest, distance=distance)
-    write_members(store_url, key, members)
-    radii = radii_of(nearest, distance, index.k)
-    store.write_npy(layout.index_part(key, "centroids.npy"), centroids)
-    store.write_npy(layout.index_part(key, "radii.npy"), radii)
-    sizes_k = np.bincount(nearest, minlength=index.k)
-    meta = {"key": key, "k": index.k, "pool_size": len(pool), "pool": pool_url, "kmeans_points": len(sample),
-            "seconds": time.perf_counter() - start, "kmeans_seconds": kmeans_s,
-            "cluster_size_min": int(sizes_k.min()), "cluster_size_max": int(sizes_k.max())}  # fmt: skip
+    meta = save_pool_index(store_url, key, pool, centroids, assigned)
+    meta.update(pool=pool_url, kmeans_points=len(sample), seconds=time.perf_counter() - start, kmeans_seconds=kmeans_s)
     store.write_json(layout.index_part(key, "meta.json"), meta)  # written last: marks the index complete
     return {"features": features, "index": meta}
 

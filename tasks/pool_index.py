@@ -16,7 +16,8 @@ from prefect import task
 from ecos_core import layout
 from ecos_core.backbone import BackboneSpec, load_backbone
 from ecos_core.features import content_key, embed
-from ecos_core.index import l2_normalize, nearest_with_distance
+from ecos_core.index import l2_normalize, nearest_with_distance, radii_of
+from ecos_core.pool.catalog import PoolCatalog
 from tasks import catalog
 from tasks.common import STORAGE_RETRIES
 from tasks.pool import read_shard
@@ -63,11 +64,23 @@ def assign_shard(store_url: str, key: str, centroids: np.ndarray) -> tuple[np.nd
     return nearest_with_distance(l2_normalize(catalog.store(store_url).read_npy(key)), centroids)
 
 
-def write_members(store_url: str, index_key: str, members: pd.DataFrame) -> None:
+def save_pool_index(store_url: str, index_key: str, pool: PoolCatalog, centroids: np.ndarray,
+                    assigned: list[tuple[np.ndarray, np.ndarray]]) -> dict:  # fmt: skip
+    """Membership (parquet, in catalog order, so every sampler sees the pool in one order,
+    as in memory), centroids and radii; returns the index's size figures. `assigned` is
+    per shard in catalog order: the catalog lists each shard's rows together."""
+    nearest = np.concatenate([a[0] for a in assigned])
+    distance = np.concatenate([a[1] for a in assigned])
+    members = pool.table[["id", "shard", "row", "domain"]].assign(cluster=nearest, distance=distance)
     buf = io.BytesIO()
-    # in catalog order, so that every sampler sees the pool in one order, as in memory
     members[list(MEMBER_COLUMNS)].to_parquet(buf, index=False)
-    catalog.store(store_url).write_bytes(layout.index_part(index_key, "members.parquet"), buf.getvalue())
+    store = catalog.store(store_url)
+    store.write_bytes(layout.index_part(index_key, "members.parquet"), buf.getvalue())
+    store.write_npy(layout.index_part(index_key, "centroids.npy"), centroids)
+    store.write_npy(layout.index_part(index_key, "radii.npy"), radii_of(nearest, distance, len(centroids)))
+    sizes = np.bincount(nearest, minlength=len(centroids))
+    return {"key": index_key, "k": len(centroids), "pool_size": len(pool), "cluster_size_min": int(sizes.min()),
+            "cluster_size_max": int(sizes.max())}  # fmt: skip
 
 
 def read_members(store_url: str, index_key: str, clusters: list[int] | None = None) -> pd.DataFrame:
