@@ -85,7 +85,7 @@ def quality(
     max_steps: Optional[int] = typer.Option(None, help="Training steps cap (default 900)."),
     batch_size: Optional[int] = typer.Option(None, help="Training batch size (default 64)."),
     teacher_size: Optional[int] = typer.Option(None, help="Labelled pool samples of the compression teacher (default 3000)."),
-    pool_data: Optional[str] = typer.Option(None, help="A user's pool: image folder or manifest (uri,label,domain) URL."),
+    pool_data: Optional[str] = typer.Option(None, help="A user's pool: an ingested pool (ecos pool ingest), an image folder or a manifest (uri,label,domain) URL."),
     distractor_domains: Optional[str] = typer.Option(None, help="Comma-separated off-task domains of the pool."),
     config: Optional[Path] = typer.Option(None, help="GridSpec as JSON; flags override it."),
     store: Optional[str] = typer.Option(None, "--store", help="Store URL (default $ECOS_STORE or ./ecos-store)."),

@@ -42,6 +42,8 @@ from ecos_core.backbone import BackboneSpec, load_backbone
 from ecos_core.coverage import add_noise, coverage_counts
 from ecos_core.data.builtin import load_domain
 from ecos_core.data.user import load_dataset
+from ecos_core.pool.reader import is_pool, load_pool
+from ecos_core.settings import Settings
 from ecos_core.data.split import REGIMES, split_client_pool, subsample
 from ecos_core.distill import distill, train_teacher
 from ecos_core.annotation import annotate_with_ground_truth, export_for_annotation, import_labels
@@ -114,9 +116,11 @@ class BenchContext:
 
     def domains(self, seed: int) -> dict[str, ImageSet]:
         """The pool's domains for this seed: built-in ones at domain_sizes, or the user's
-        pool_data split by its domain column (domain_sizes caps the domains it names)."""
+        pool_data split by its domain column (capped only by domain_sizes the user gave:
+        the built-in defaults never cap a user domain that shares a built-in name)."""
         if seed not in self._domains:
-            sizes = self.spec.domain_sizes
+            explicit = "domain_sizes" in self.spec.model_fields_set
+            sizes = self.spec.domain_sizes if self.spec.pool_data is None or explicit else {}
             if self.spec.pool_data is None:
                 self._domains[seed] = {n: load_domain(n, self.cache_dir, size, seed) for n, size in sizes.items()}
             else:
@@ -128,7 +132,10 @@ class BenchContext:
 
     @functools.cached_property
     def _user_pool(self) -> ImageSet:
-        return load_dataset(str(self.spec.pool_data))
+        """An ingested pool (`ecos pool ingest`), or a manifest / folder loaded the same way."""
+        url = str(self.spec.pool_data)
+        pool = Store(url, Settings().storage_options(url))
+        return load_pool(pool) if is_pool(pool) else load_dataset(url)
 
     def data_key(self) -> str | None:
         """Content fingerprint of a user's pool (None for the built-in one, which the setting names)."""

@@ -73,7 +73,8 @@ class GridSpec(BaseModel):
     # the coverage scores (σ=6.1) instead of ≈109 without subsampling (dp-accounting PLD)
     knn_sample_rate: float = Field(0.1, gt=0, le=1)
     # a user's pool instead of the built-in one: an image folder or a manifest (uri, label,
-    # domain) at any fsspec URL; its `domain` values are the domains (domain_sizes caps them)
+    # domain) at any fsspec URL, or an ingested pool; its `domain` values are the domains
+    # (domain_sizes caps them only when given explicitly)
     pool_data: str | None = None
     distractor_domains: tuple[str, ...] = DISTRACTOR_DOMAINS  # off-task domains, for the distractor share
 

@@ -56,7 +56,7 @@ def ingest_flow(
         try:
             records = runner(to, run_key, chunks, image_size, on_error, max_pixels)
         except IngestError as err:
-            raise IngestError(f"{source}: {err}; nothing was published") from None
+            raise IngestError(f"{source}: {err}; nothing was published (--on-error skip leaves bad rows out)") from None
     published = publish_pool(to, meta, pool, records, image_size, shard_size)
     skipped = [e for r in records for e in r["skipped"]]
     report = {"source": source, "pool": to, "rows": len(rows), "already_in_pool": len(rows) - len(new),

@@ -4,23 +4,19 @@ from __future__ import annotations
 
 import functools
 import io
-import json
 
 import numpy as np
 import pandas as pd
 from prefect import task
 
 from ecos_core.features import content_key
-from ecos_core.pool import layout
+from ecos_core.pool import layout, reader
 from ecos_core.pool.catalog import PoolCatalog
 from ecos_core.pool.ingest import OnError, decode_chunk
-from ecos_core.pool.shards import decode_shard, encode_shard
+from ecos_core.pool.shards import encode_shard
 from ecos_core.types import ImageSet
 from tasks import catalog
 from tasks.common import STORAGE_RETRIES
-
-POOL_FORMAT = "ecos-pool-v1"
-
 
 def read_pool(pool_url: str) -> tuple[dict | None, PoolCatalog]:
     """(pool.json, catalog) of a published pool; (None, empty) where none is published yet."""
@@ -35,16 +31,13 @@ def read_pool(pool_url: str) -> tuple[dict | None, PoolCatalog]:
 def _read_pool(pool_url: str, raw: bytes) -> tuple[dict, PoolCatalog]:
     """Cached on pool.json's bytes: a re-ingest publishes a new pool.json, so a new catalog."""
     store = catalog.store(pool_url)
-    meta = json.loads(raw)
-    if meta.get("format") != POOL_FORMAT:
-        raise ValueError(f"{store.uri(layout.POOL_JSON)}: not an ecos pool (format {meta.get('format')!r})")
-    return meta, PoolCatalog.from_parquet(store.read_bytes(layout.CATALOG), store.uri(layout.CATALOG))
+    return reader.parse_meta(raw, store.uri(layout.POOL_JSON)), reader.read_catalog(store)
 
 
 def pool_url_of(source: str, store_url: str) -> str:
     """Where the round's pool lives: an ingested pool is used where it is; a manifest or
     an image folder is ingested into the store, under a name given by its URL."""
-    if catalog.store(source).exists(layout.POOL_JSON):
+    if reader.is_pool(catalog.store(source)):
         return source
     return catalog.store(store_url).uri(f"pools/{content_key('pool-source-v1', source)}")
 
@@ -52,12 +45,7 @@ def pool_url_of(source: str, store_url: str) -> str:
 def images_of(pool_url: str, ids: np.ndarray) -> ImageSet:
     """The images of `ids` (in that order), read from only the shards that hold them."""
     meta, pool = require_pool(pool_url)
-    rows = pool.locate(ids)
-    size = int(meta["image_size"])
-    images = np.empty((len(rows), size, size, 3), dtype=np.uint8)
-    for sha, group in rows.groupby("shard", sort=False):
-        images[group.index.to_numpy()] = read_shard(pool_url, sha)[group["row"].to_numpy()]
-    return ImageSet(images, rows["label"].to_numpy(np.int64), rows["domain"].to_numpy(str), rows["id"].to_numpy(str))
+    return reader.gather_images(meta, pool, ids, lambda sha: read_shard(pool_url, sha))
 
 
 def require_pool(pool_url: str) -> tuple[dict, PoolCatalog]:
@@ -69,10 +57,8 @@ def require_pool(pool_url: str) -> tuple[dict, PoolCatalog]:
 
 @functools.lru_cache(maxsize=4)
 def read_shard(pool_url: str, sha256: str) -> np.ndarray:
-    """A shard's images, refused if its bytes changed since ingest."""
-    store = catalog.store(pool_url)
-    key = layout.shard(sha256)
-    return decode_shard(store.read_bytes(key), sha256, store.uri(key))
+    """A shard's images (cached per process), refused if its bytes changed since ingest."""
+    return reader.read_shard(catalog.store(pool_url), sha256)
 
 
 def write_chunk_rows(pool_url: str, run_key: str, rows: pd.DataFrame, bounds: list[tuple[int, int]]) -> int:
@@ -125,7 +111,7 @@ def publish_pool(pool_url: str, meta: dict | None, pool: PoolCatalog, records: l
     new = [chunk_catalog_rows(r) for r in sorted(records, key=lambda r: r["chunk"]) if r["n"]]
     extended = pool.extend(pd.concat(new, ignore_index=True)) if new else pool
     store.write_bytes(layout.CATALOG, extended.to_parquet())
-    out = {"format": POOL_FORMAT, "image_size": image_size, "shard_size": (meta or {}).get("shard_size", shard_size),
+    out = {"format": reader.POOL_FORMAT, "image_size": image_size, "shard_size": (meta or {}).get("shard_size", shard_size),
            "n_images": len(extended), "shards": [{"sha256": s, "n": n} for s, n in extended.shard_sizes().items()],
            "domains": extended.domain_counts(), "labelled": int((extended.labels >= 0).sum())}  # fmt: skip
     store.write_json(layout.POOL_JSON, out)

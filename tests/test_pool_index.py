@@ -155,3 +155,22 @@ def test_a_round_runs_on_the_users_manifest_with_its_own_client_dataset(pool_url
         picked = set(Store(store_url).read_npy(f"rounds/t-pool-round/selections/client-0/{method}.npy"))
         assert picked <= pool_ids and not picked & client_ids, method
     assert rows["ecos"]["client_domain_share"] > rows["random"]["client_domain_share"]
+
+
+def test_the_bench_reads_an_ingested_pool_and_never_caps_a_user_domain_silently(pool_url):
+    """The bench loads a pool through ecos_core.pool, as the flows do; a user domain named
+    like a built-in one keeps all its images unless the user asked for a cap."""
+    from ecos_core.bench import BenchContext
+    from ecos_core.bench_grid import GridSpec
+    from tasks.pool import read_pool
+
+    counts = read_pool(pool_url)[1].domain_counts()
+    spec = GridSpec(pool_data=pool_url, client_domains=("mnistm",), n_client_train=50, n_client_test=50)
+    parts = BenchContext(spec).domains(0)
+    assert {d: len(p) for d, p in parts.items()} == counts
+    assert "mnist" in spec.domain_sizes  # a built-in default of the same name exists and is not applied
+    capped = GridSpec(pool_data=pool_url, client_domains=("mnistm",), n_client_train=50, n_client_test=50,
+                      domain_sizes={"mnist": 100})  # fmt: skip
+    assert len(BenchContext(capped).domains(0)["mnist"]) == 100
+    images = BenchContext(spec).domains(0)["animal"].images
+    assert images.shape[1:] == (28, 28, 3) and images.dtype == np.uint8

@@ -7,19 +7,19 @@ Two layouts are supported:
   class folder. Hidden entries (".DS_Store", ".git") and loose files directly in root
   (a README, say) are ignored. Every other file must be an image.
 * manifest: a .csv or .parquet table with columns uri, label, domain and optionally id.
-  Labels must be non-negative integers. Class-name strings are rejected on purpose:
+  Labels must be non-negative integers (a uri may be builtin:<domain>/<index>). Class-name strings are rejected on purpose:
   mapping them per file would give the same name different ids in the client's and the
   pool's manifests. Relative uris resolve against `base`, else the manifest's folder.
 
 Every image is converted to RGB and resized to size x size (bilinear, aspect ratio not
-kept, matching the built-in 28x28 domains).
+kept, matching the built-in 28x28 domains). Listing and decoding are ecos_core.pool's
+(sources, ingest): a dataset loads exactly as `ecos pool ingest` would ingest it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import io
 import posixpath
 from collections.abc import Iterator
 from pathlib import PurePosixPath
@@ -29,7 +29,7 @@ import fsspec
 import numpy as np
 import pandas as pd
 from fsspec.core import url_to_fs
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from ecos_core.data.builtin import IMAGE_SIZE, load_domain, parse_builtin
 from ecos_core.data.split import subsample
@@ -79,15 +79,6 @@ def _read_capped(fs: fsspec.AbstractFileSystem, path: str, url: str, max_bytes: 
 def _check_size(size: int) -> None:
     if not isinstance(size, int) or size < 1:
         raise ValueError(f"image size must be a positive int, got {size!r}")
-
-
-def _decode(data: bytes, url: str, size: int) -> np.ndarray:
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            rgb = im.convert("RGB").resize((size, size), Image.BILINEAR)
-            return np.asarray(rgb, dtype=np.uint8)
-    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError) as exc:
-        raise ValueError(f"{url}: not an image ({exc})") from exc
 
 
 def _is_hidden(path: str) -> bool:
@@ -140,34 +131,26 @@ def load_image_folder(
 
     Labels are indices into image_folder_classes(root). domain defaults to the root
     folder's name; ids are "<domain>/<class>/<relative file path>", stable across runs.
+    Listed and decoded exactly as `ecos pool ingest` does (ecos_core.pool).
     """
+    from ecos_core.pool.sources import folder_rows  # here: ecos_core.pool builds on this module's helpers
+
     _check_size(size)
-    fs, path, dirs = _class_dirs(root)
-    domain = domain or posixpath.basename(path.rstrip("/")) or "user"
-    images: list[np.ndarray] = []
-    labels: list[int] = []
-    ids: list[str] = []
-    for label, (name, class_path) in enumerate(dirs):
-        with _storage_errors(_join_url(fs, root, class_path), "list class folder"):
-            files = sorted(fs.find(class_path))
-        for file_path in files:
-            rel = posixpath.relpath(file_path, class_path)
-            if _is_hidden(rel):
-                continue
-            url = _join_url(fs, root, file_path)
-            with _storage_errors(url, "read image"):
-                data = _read_capped(fs, file_path, url, max_bytes_per_file)
-            images.append(_decode(data, url, size))
-            labels.append(label)
-            ids.append(f"{domain}/{name}/{rel}")
-    if not images:
-        raise ValueError(f"{root}: empty image folder (class folders {[d for d, _ in dirs]} hold no files)")
-    return ImageSet(
-        images=np.stack(images),
-        labels=np.asarray(labels, dtype=np.int64),
-        domains=np.full(len(images), domain, dtype=f"<U{max(1, len(domain))}"),
-        ids=np.asarray(ids, dtype=str),
-    )
+    return _decoded(folder_rows(root, domain), size, root, max_bytes_per_file)
+
+
+def _decoded(rows: pd.DataFrame, size: int, where: str, max_bytes: int = MAX_BYTES_PER_FILE) -> ImageSet:
+    """Every row decoded, or a ValueError naming the first bad row; every row needs a label."""
+    from ecos_core.pool.ingest import IngestError, decode_chunk
+
+    try:
+        images, kept, _ = decode_chunk(rows, size, "fail", max_bytes=max_bytes)
+    except IngestError as err:
+        raise ValueError(f"{where}: {err}") from None
+    if (kept["label"] < 0).any():
+        row = kept[kept["label"] < 0].iloc[0]
+        raise ValueError(f"{where}: row {row['source_row']} ({row['uri']}): no label (a class id is needed here)")
+    return ImageSet(images, kept["label"].to_numpy(np.int64), kept["domain"].to_numpy(str), kept["id"].to_numpy(str))
 
 
 # --------------------------------------------------------------------------- manifest
@@ -204,65 +187,18 @@ def _text(value: Any) -> str:
     return str(value).strip()
 
 
-def _as_label(value: Any, url: str, row: int) -> int:
-    text = _text(value)
-    try:
-        number = float(text)
-        if not number.is_integer():
-            raise ValueError
-        label = int(number)
-    except (ValueError, OverflowError):
-        raise ValueError(f"{url}: row {row}: label {value!r} is not an integer class id") from None
-    if label < 0:
-        raise ValueError(f"{url}: row {row}: label {label} is negative")
-    return label
-
-
 def load_manifest(url: str, size: int = IMAGE_SIZE, base: str | None = None) -> ImageSet:
     """Load the images listed in a CSV/parquet manifest (columns uri, label, domain[, id]).
 
     Rows are 0-based data rows. Without an id column, ids are "<manifest stem>/<row>".
+    Listed and decoded exactly as `ecos pool ingest` does (ecos_core.pool).
     """
+    from ecos_core.pool.sources import manifest_rows
+
     _check_size(size)
     if not url.lower().endswith(_MANIFEST_SUFFIXES):
         raise ValueError(f"{url}: manifest must end with one of {_MANIFEST_SUFFIXES}")
-    table = _read_table(url)
-    missing = [c for c in MANIFEST_COLUMNS if c not in table.columns]
-    if missing:
-        raise ValueError(f"{url}: manifest is missing columns {missing} (has {list(table.columns)})")
-    if table.empty:
-        raise ValueError(f"{url}: manifest has no rows")
-    base = base if base is not None else url.rsplit("/", 1)[0] if "/" in url else "."
-    stem = PurePosixPath(url.rsplit("/", 1)[-1]).stem
-
-    has_id = "id" in table.columns
-    images, labels, domains, ids = [], [], [], []
-    for row in range(len(table)):
-        uri, domain = _text(table["uri"].iat[row]), _text(table["domain"].iat[row])
-        if not uri:
-            raise ValueError(f"{url}: row {row}: empty uri")
-        if not domain:
-            raise ValueError(f"{url}: row {row}: empty domain")
-        labels.append(_as_label(table["label"].iat[row], url, row))
-        target = _resolve(uri, base)
-        try:
-            fs, path = _open_store(target)
-            images.append(_decode(_read_capped(fs, path, target, MAX_BYTES_PER_FILE), target, size))
-        except Exception as exc:  # noqa: BLE001 - missing file, not an image, backend error alike
-            raise ValueError(f"{url}: row {row}: cannot load image uri {uri!r} ({exc})") from exc
-        domains.append(domain)
-        sample_id = _text(table["id"].iat[row]) if has_id else f"{stem}/{row:06d}"
-        if not sample_id:
-            raise ValueError(f"{url}: row {row}: empty id")
-        ids.append(sample_id)
-    if len(set(ids)) != len(ids):
-        raise ValueError(f"{url}: duplicate ids in manifest")
-    return ImageSet(
-        images=np.stack(images),
-        labels=np.asarray(labels, dtype=np.int64),
-        domains=np.asarray(domains, dtype=str),
-        ids=np.asarray(ids, dtype=str),
-    )
+    return _decoded(manifest_rows(url, base, required=MANIFEST_COLUMNS), size, url)
 
 
 # --------------------------------------------------------------------------- dispatch

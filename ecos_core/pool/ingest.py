@@ -98,8 +98,9 @@ def load_image(uri: str, size: int, max_pixels: int = MAX_PIXELS, max_bytes: int
 
 
 def decode_chunk(
-    rows: pd.DataFrame, size: int, on_error: OnError = "fail", max_pixels: int = MAX_PIXELS
-) -> tuple[np.ndarray, pd.DataFrame, list[RowError]]:
+    rows: pd.DataFrame, size: int, on_error: OnError = "fail", max_pixels: int = MAX_PIXELS,
+    max_bytes: int = MAX_BYTES_PER_FILE,
+) -> tuple[np.ndarray, pd.DataFrame, list[RowError]]:  # fmt: skip
     """(images, the rows kept with integer labels, the rows skipped) of one chunk."""
     if on_error not in ("fail", "skip"):
         raise ValueError(f"on_error must be 'fail' or 'skip', got {on_error!r}")
@@ -107,12 +108,12 @@ def decode_chunk(
     for i, row in enumerate(rows.itertuples(index=False)):
         try:
             label = parse_label(str(row.label))
-            images.append(load_image(row.uri, size, max_pixels))
+            images.append(load_image(row.uri, size, max_pixels, max_bytes))
             kept.append((i, label))
         except ValueError as err:
             error = RowError(int(row.source_row), str(row.id), str(row.uri), str(err))
             if on_error == "fail":
-                raise IngestError(f"{error} (use --on-error skip to leave bad rows out)") from None
+                raise IngestError(str(error)) from None
             errors.append(error)
     out = rows.iloc[[i for i, _ in kept]].reset_index(drop=True)
     out["label"] = np.asarray([label for _, label in kept], dtype=np.int64)

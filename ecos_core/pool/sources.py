@@ -42,14 +42,15 @@ def builtin_rows(spec: str, seed: int = 0) -> pd.DataFrame:
     return _rows(ids, [f"builtin:{i}" for i in ids], [str(int(y)) for y in part.labels], part.domains.tolist())
 
 
-def manifest_rows(url: str) -> pd.DataFrame:
+def manifest_rows(url: str, base: str | None = None, required: tuple[str, ...] = ("uri", "domain")) -> pd.DataFrame:
+    """Relative uris resolve against `base`, else the manifest's folder."""
     table = _read_table(url)
-    missing = [c for c in ("uri", "domain") if c not in table.columns]
+    missing = [c for c in required if c not in table.columns]
     if missing:
-        raise ValueError(f"{url}: manifest is missing columns {missing} (has {list(table.columns)}; label and id are optional)")
+        raise ValueError(f"{url}: manifest is missing columns {missing} (has {list(table.columns)})")
     if table.empty:
         raise ValueError(f"{url}: manifest has no rows")
-    base = url.rsplit("/", 1)[0] if "/" in url else "."
+    base = base if base is not None else url.rsplit("/", 1)[0] if "/" in url else "."
     stem = PurePosixPath(url.rsplit("/", 1)[-1]).stem
     uris, ids, domains, labels = [], [], [], []
     for row in range(len(table)):
