@@ -174,3 +174,50 @@ def test_the_bench_reads_an_ingested_pool_and_never_caps_a_user_domain_silently(
     assert len(BenchContext(capped).domains(0)["mnist"]) == 100
     images = BenchContext(spec).domains(0)["animal"].images
     assert images.shape[1:] == (28, 28, 3) and images.dtype == np.uint8
+
+
+def _dask_workers() -> list:
+    """This process's Dask worker processes (LocalCluster spawns them as its children)."""
+    import psutil
+
+    found = []
+    for proc in psutil.Process().children(recursive=True):
+        try:
+            if proc.status() != psutil.STATUS_ZOMBIE and "spawn_main" in " ".join(proc.cmdline()):
+                found.append(proc)
+        except psutil.Error:
+            pass
+    return found
+
+
+def test_a_worker_killed_mid_index_costs_only_its_shard(pool_url, indexed, tmp_path):
+    """SIGKILL one Dask worker once the first shard's features are in the store: the index
+    still completes (the lost task reruns on a worker), identical to the undisturbed one."""
+    import os
+    import signal
+    import threading
+    import time
+
+    from ecos_core import layout as store_layout
+    from flows.pool_index_flow import pool_index_flow
+    from tasks import catalog
+
+    store_url, undisturbed = indexed
+    fresh = tmp_path / "store"
+    out: dict = {}
+    thread = threading.Thread(target=lambda: out.update(r=pool_index_flow(pool_url, str(fresh), INDEX, seed=0, workers=2)))
+    thread.start()
+    killed = None
+    deadline = time.monotonic() + 300
+    while thread.is_alive() and time.monotonic() < deadline:
+        if killed is None and list((fresh / "features").glob("*.npy")) if (fresh / "features").exists() else False:
+            workers = _dask_workers()
+            if workers:
+                killed = workers[0].pid
+                os.kill(killed, signal.SIGKILL)
+        time.sleep(0.05)
+    thread.join(timeout=60)
+    assert killed is not None, "no worker was killed: the test did not test anything"
+    assert out["r"]["index"]["key"] == undisturbed["index"]["key"]
+    key = store_layout.index_part(out["r"]["index"]["key"], "centroids.npy")
+    assert np.array_equal(catalog.store(str(fresh)).read_npy(key), catalog.store(store_url).read_npy(key))
