@@ -183,9 +183,10 @@ def plot(frame: pd.DataFrame, path: Path) -> None:
         for who, style in (("driver", "o-"), ("worker", "s--")):
             col = f"{stage}_{who}_rss"
             if frame[col].gt(0).any():
-                ax_m.loglog(frame["n"], frame[col] / 2**30, style, label=f"{stage} {who}")
+                ax_m.semilogx(frame["n"], frame[col] / 2**30, style, label=f"{stage} {who}")
     ax_m.set_xlabel("pool images")
     ax_m.set_ylabel("peak RSS (GiB)")
+    ax_m.set_ylim(0, None)  # from zero: flat should look flat
     ax_m.set_title("peak memory per process")
     ax_m.legend(fontsize=8)
     fig.tight_layout()
@@ -204,9 +205,14 @@ def main(
     keep: bool = typer.Option(False, help="Keep each size's pool and store."),
     extraction: bool = typer.Option(True, help="Measure extraction vs bare forward at the smallest size."),
     dask_compare: bool = typer.Option(True, help="1 worker × 2 torch threads vs 2 workers × 1, at the smallest size."),
+    report_only: bool = typer.Option(False, help="Only rewrite scale.md and scale.png from --out's results.csv."),
 ) -> None:
     sizes = [int(s) for s in sizes_.split(",") if s.strip()]
     out.mkdir(parents=True, exist_ok=True)
+    if report_only:
+        frame = pd.read_csv(out / "results.csv")
+        notes = [(line.split(": ", 1)[0], line.split(": ", 1)[1]) for line in (out / "notes.txt").read_text().splitlines()]
+        return report(frame, notes, out, k, budget, shard_size, workers)
     work = work or Path(tempfile.mkdtemp(prefix="ecos-scale-"))
     rows, notes = [], []
     for n in sorted(sizes):
@@ -226,6 +232,15 @@ def main(
                 shutil.rmtree(p, ignore_errors=True)
     frame = pd.DataFrame(rows)
     frame.to_csv(out / "results.csv", index=False)
+    notes = [(title, ", ".join(f"{a} {b:.2f}" if isinstance(b, float) else f"{a} {b}" for a, b in data.items()))
+             for title, data in notes]  # fmt: skip
+    (out / "notes.txt").write_text("".join(f"{title}: {text}\n" for title, text in notes))
+    report(frame, notes, out, k, budget, shard_size, workers)
+
+
+def report(frame: pd.DataFrame, notes: list[tuple[str, str]], out: Path, k: int, budget: int, shard_size: int,
+           workers: int | None) -> None:  # fmt: skip
+    sizes = frame["n"].tolist()
     time_cols = ["ingest_s", "features_s", "kmeans_s", "assign_s", "index_s", "sampling_s"]
     rss_cols = [f"{s}_{w}_rss" for s in STAGES for w in ("driver", "worker")]
     shown = frame[["n", *time_cols]].copy()
@@ -235,12 +250,13 @@ def main(
              f"Dask workers {workers or 'one per core'}, {os.cpu_count()} cores.", "", markdown_table(shown, ".2f"), "",
              "Exponent of time in N (log-log fit): " + ", ".join(f"{c} {e:.2f}" for c, e in exponents(frame, time_cols).items()),
              ""]  # fmt: skip
-    if len(frame) > 1:
-        first, last = frame.iloc[0], frame.iloc[-1]
-        lines.append("Peak RSS at the largest size / at the smallest: " + ", ".join(
-            f"{c} {last[c] / first[c]:.2f}" for c in rss_cols if first[c] > 0))  # fmt: skip
-    for title, data in notes:
-        lines += ["", f"{title}: " + ", ".join(f"{a} {b:.2f}" if isinstance(b, float) else f"{a} {b}" for a, b in data.items())]
+    if len(frame) > 1:  # the target compares the largest size with a tenth of it (300 k vs 30 k)
+        last = frame.iloc[-1]
+        base = frame.iloc[int(np.argmin(np.abs(np.log(frame["n"] / (last["n"] / 10)))))]
+        lines.append(f"Peak RSS at {int(last['n'])} / at {int(base['n'])}: " + ", ".join(
+            f"{c} {last[c] / base[c]:.2f}" for c in rss_cols if base[c] > 0))  # fmt: skip
+    for title, text in notes:
+        lines += ["", f"{title}: {text}"]
     (out / "scale.md").write_text("\n".join(lines) + "\n")
     plot(frame, out / "scale.png")
     print("\n".join(lines))
