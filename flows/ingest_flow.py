@@ -48,8 +48,10 @@ def ingest_flow(
     run_key = content_key(*(new[c].to_numpy(dtype=str) for c in ROW_COLUMNS), image_size, shard_size, on_error,
                           max_pixels, pool.shards())  # fmt: skip
     chunks = write_chunk_rows(to, run_key, new, chunk_bounds(len(new), shard_size))
-    log.info("%s: %d rows, %d already in the pool, %d to ingest in %d chunks", source, len(rows), len(rows) - len(new),
-             len(new), chunks)  # fmt: skip
+    listed, already = len(rows), len(rows) - len(new)
+    del rows, new, pool  # the listing now lives in the chunks' row files
+    log.info("%s: %d rows, %d already in the pool, %d to ingest in %d chunks", source, listed, already, listed - already,
+             chunks)  # fmt: skip
     records = []
     if chunks:
         runner = _ingest_chunks.with_options(task_runner=dask_runner(dask_address, workers))
@@ -57,9 +59,9 @@ def ingest_flow(
             records = runner(to, run_key, chunks, image_size, on_error, max_pixels)
         except IngestError as err:
             raise IngestError(f"{source}: {err}; nothing was published (--on-error skip leaves bad rows out)") from None
-    published = publish_pool(to, meta, pool, records, image_size, shard_size)
+    published = publish_pool(to, run_key, chunks, image_size, shard_size)
     skipped = [e for r in records for e in r["skipped"]]
-    report = {"source": source, "pool": to, "rows": len(rows), "already_in_pool": len(rows) - len(new),
+    report = {"source": source, "pool": to, "rows": listed, "already_in_pool": already,
               "ingested": sum(r["n"] for r in records), "new_shards": sorted({r["shard"] for r in records if r["n"]}),
               "skipped": skipped, "n_images": published["n_images"]}  # fmt: skip
     catalog.store(to).write_json(layout.ingest_report(run_key), report)

@@ -76,11 +76,12 @@ def write_chunk_rows(pool_url: str, run_key: str, rows: pd.DataFrame, bounds: li
 @task(name="ingest-chunk", **STORAGE_RETRIES)
 def ingest_chunk(pool_url: str, run_key: str, chunk: int, image_size: int, on_error: OnError, max_pixels: int) -> dict:
     """Decode one chunk into one shard. Its checkpoint (written after the shard) makes a
-    rerun skip it: a killed ingest resumes, a finished one is idempotent."""
+    rerun skip it: a killed ingest resumes, a finished one is idempotent. Returns only
+    counts: the catalog rows stay in the checkpoint, so the driver never holds them all."""
     store = catalog.store(pool_url)
     checkpoint = layout.ingest_chunk(run_key, chunk)
     if store.exists(checkpoint):
-        return store.read_json(checkpoint)
+        return _summary(store.read_json(checkpoint))
     rows = pd.read_parquet(io.BytesIO(store.read_bytes(layout.ingest_rows(run_key, chunk))))
     images, kept, errors = decode_chunk(rows, image_size, on_error, max_pixels)
     sha = None
@@ -92,7 +93,11 @@ def ingest_chunk(pool_url: str, run_key: str, chunk: int, image_size: int, on_er
               "rows": {"id": kept["id"].tolist(), "uri": kept["uri"].tolist(), "label": kept["label"].tolist(),
                        "domain": kept["domain"].tolist()}}  # fmt: skip
     store.write_json(checkpoint, record)
-    return record
+    return _summary(record)
+
+
+def _summary(record: dict) -> dict:
+    return {k: record[k] for k in ("chunk", "shard", "n", "skipped")}
 
 
 def chunk_catalog_rows(record: dict) -> pd.DataFrame:
@@ -104,11 +109,14 @@ def chunk_catalog_rows(record: dict) -> pd.DataFrame:
 
 
 @task(name="publish-pool", **STORAGE_RETRIES)
-def publish_pool(pool_url: str, meta: dict | None, pool: PoolCatalog, records: list[dict], image_size: int,
-                 shard_size: int) -> dict:  # fmt: skip
-    """The catalog first, pool.json last: a reader never sees a pool without its catalog."""
+def publish_pool(pool_url: str, run_key: str, chunks: int, image_size: int, shard_size: int) -> dict:
+    """The pool so far plus every chunk's rows (read from its checkpoint): the catalog
+    first, pool.json last, so a reader never sees a pool without its catalog. Small
+    inputs only: Prefect hashes a task's inputs."""
     store = catalog.store(pool_url)
-    new = [chunk_catalog_rows(r) for r in sorted(records, key=lambda r: r["chunk"]) if r["n"]]
+    meta, pool = read_pool(pool_url)
+    records = (store.read_json(layout.ingest_chunk(run_key, chunk)) for chunk in range(chunks))
+    new = [chunk_catalog_rows(r) for r in records if r["n"]]
     extended = pool.extend(pd.concat(new, ignore_index=True)) if new else pool
     store.write_bytes(layout.CATALOG, extended.to_parquet())
     out = {"format": reader.POOL_FORMAT, "image_size": image_size, "shard_size": (meta or {}).get("shard_size", shard_size),
