@@ -36,7 +36,10 @@ def _index_shards(pool_url: str, store_url: str, index: IndexConfig, seed: int, 
              len(shards) - len(computed))  # fmt: skip
     features_s = time.perf_counter() - start
     keys = [e["key"] for e in embedded]
-    key = content_key("pool-index-v1", keys, index.k, index.niter, index.nredo, seed, index.points_per_centroid)
+    # the catalog's ids and domains too: members.parquet names them, and the same pixels
+    # may be listed under other ids in another pool
+    key = content_key("pool-index-v1", keys, pool.ids, pool.domains, index.k, index.niter, index.nredo, seed,
+                      index.points_per_centroid)  # fmt: skip
     store = catalog.store(store_url)
     features = {"shards": len(shards), "embedded_now": len(computed), "images_embedded": sum(e["n"] for e in computed),
                 "seconds": features_s, "backbone": spec.model_dump(mode="json")}  # fmt: skip

@@ -221,3 +221,25 @@ def test_a_worker_killed_mid_index_costs_only_its_shard(pool_url, indexed, tmp_p
     assert out["r"]["index"]["key"] == undisturbed["index"]["key"]
     key = store_layout.index_part(out["r"]["index"]["key"], "centroids.npy")
     assert np.array_equal(catalog.store(str(fresh)).read_npy(key), catalog.store(store_url).read_npy(key))
+
+
+def test_same_pixels_under_other_ids_get_their_own_index(pool_url, indexed, tmp_path):
+    """The membership table names ids: a pool whose shards are equal but whose catalog
+    lists them under other ids must not reuse another pool's cached index."""
+    import shutil
+
+    from ecos_core.pool.catalog import PoolCatalog
+    from flows.pool_index_flow import pool_index_flow
+    from tasks.pool import read_pool
+    from tasks.pool_index import read_members
+
+    store_url, first = indexed
+    renamed = tmp_path / "renamed"
+    shutil.copytree(pool_url, renamed)
+    _, pool = read_pool(pool_url)
+    table = pool.table.assign(id=["other/" + i for i in pool.table["id"]])
+    (renamed / layout.CATALOG).write_bytes(PoolCatalog(table).to_parquet())
+    out = pool_index_flow(str(renamed), store_url, INDEX, seed=0, workers=2)
+    assert out["features"]["embedded_now"] == 0  # the same shards: their features are reused
+    assert out["index"]["key"] != first["index"]["key"]
+    assert read_members(store_url, out["index"]["key"])["id"].str.startswith("other/").all()
