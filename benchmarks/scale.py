@@ -16,6 +16,7 @@ import os
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 
+import json  # noqa: E402
 import shutil  # noqa: E402
 import tempfile  # noqa: E402
 import threading  # noqa: E402
@@ -82,54 +83,57 @@ def client_scores(store_url: str, index_key: str, k: int, sigma: float = 6.1, n_
     return counts * n_client / max(counts.sum(), 1) + np.random.default_rng(0).normal(0, sigma, k)
 
 
-def one_size(n: int, work: Path, workers: int | None, shard_size: int, k: int, budget: int) -> dict:
-    from flows.ingest_flow import ingest_flow
-    from flows.pool_index_flow import pool_index_flow
+def stage(name: str, n: int, work: Path, workers: int | None, shard_size: int, k: int, budget: int) -> dict:
+    """One stage at one size, with its own peak RSS: each stage runs in a fresh process, as
+    it does when deployed (`ecos pool ingest`, the nightly `ecos index`, the rounds)."""
     from tasks.features import backbone_spec
-    from tasks.pool_sampling import select_from_pool
 
     pool, store = work / f"pool-{n}", work / f"store-{n}"
-    row: dict = {"n": n, "workers": workers}
+    index = IndexConfig(k=k, device="cpu")
+    row: dict = {}
     with PeakRSS() as rss:
         start = time.perf_counter()
-        ingest_flow(f"augment:{n}", str(pool), shard_size=shard_size, workers=workers)
-        row.update(ingest_s=time.perf_counter() - start)
-    row.update(ingest_driver_rss=rss.driver(), ingest_worker_rss=rss.worker())
-    index = IndexConfig(k=k)
-    with PeakRSS() as rss:
-        start = time.perf_counter()
-        out = pool_index_flow(str(pool), str(store), index, seed=0, workers=workers)
-        row.update(index_s=time.perf_counter() - start, features_s=out["features"]["seconds"],
-                   kmeans_s=out["index"]["kmeans_seconds"], assign_s=out["index"]["seconds"] - out["index"]["kmeans_seconds"])
-    row.update(index_driver_rss=rss.driver(), index_worker_rss=rss.worker())
-    cfg = RoundConfig.model_validate({"data": {"pool": str(pool)}, "index": index.model_dump(),
-                                      "sampling": {"budget": budget}})  # fmt: skip
-    key, spec = out["index"]["key"], backbone_spec(index)
-    scores = client_scores(str(store), key, k)
-    with PeakRSS() as rss:
-        start = time.perf_counter()
-        for method in ("ecos", "random", "kcenter"):
-            t = time.perf_counter()
-            picked = select_from_pool(str(store), key, spec, cfg, method, scores)
-            row[f"select_{method}_s"], row[f"select_{method}_n"] = time.perf_counter() - t, len(picked)
-        row.update(sampling_s=time.perf_counter() - start)
-    row.update(sampling_driver_rss=rss.driver(), sampling_worker_rss=0, store_bytes=folder_bytes(pool, store))
-    return row
+        if name == "ingest":
+            from flows.ingest_flow import ingest_flow
+
+            ingest_flow(f"augment:{n}", str(pool), shard_size=shard_size, workers=workers)
+            row.update(ingest_s=time.perf_counter() - start)
+        elif name == "index":
+            from flows.pool_index_flow import pool_index_flow
+
+            out = pool_index_flow(str(pool), str(store), index, seed=0, workers=workers)
+            row.update(index_s=time.perf_counter() - start, features_s=out["features"]["seconds"], index_key=out["index"]["key"],
+                       kmeans_s=out["index"]["kmeans_seconds"], assign_s=out["index"]["seconds"] - out["index"]["kmeans_seconds"])  # fmt: skip
+        else:
+            from tasks.pool_sampling import select_from_pool
+
+            key = json.loads((work / f"row-{n}-{workers}-index.json").read_text())["index_key"]
+            cfg = RoundConfig.model_validate({"data": {"pool": str(pool)}, "index": index.model_dump(),
+                                              "sampling": {"budget": budget}})  # fmt: skip
+            scores = client_scores(str(store), key, k)
+            for method in ("ecos", "random", "kcenter"):
+                t = time.perf_counter()
+                picked = select_from_pool(str(store), key, backbone_spec(index), cfg, method, scores)
+                row[f"select_{method}_s"], row[f"select_{method}_n"] = time.perf_counter() - t, len(picked)
+            row.update(sampling_s=time.perf_counter() - start, store_bytes=folder_bytes(pool, store))
+    return {**row, f"{name}_driver_rss": rss.driver(), f"{name}_worker_rss": rss.worker()}
 
 
 def in_fresh_process(n: int, work: Path, workers: int | None, shard_size: int, k: int, budget: int) -> dict:
-    """one_size in a new Python process, so each size's peak RSS is its own."""
-    import json
+    """Every stage at one size, each in a new Python process, so each peak RSS is its own."""
     import subprocess
     import sys
 
-    out = work / f"row-{n}-{workers}.json"
     work.mkdir(parents=True, exist_ok=True)
-    code = ("import json, sys; from pathlib import Path; sys.path.insert(0, 'benchmarks'); import scale; "
-            f"json.dump(scale.one_size({n}, Path({str(work)!r}), {workers!r}, {shard_size}, {k}, {budget}), "
-            f"open({str(out)!r}, 'w'))")  # fmt: skip
-    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1])
-    return json.loads(out.read_text())
+    row: dict = {"n": n, "workers": workers}
+    for name in STAGES:
+        out = work / f"row-{n}-{workers}-{name}.json"
+        code = ("import json, sys; from pathlib import Path; sys.path.insert(0, 'benchmarks'); import scale; "
+                f"json.dump(scale.stage({name!r}, {n}, Path({str(work)!r}), {workers!r}, {shard_size}, {k}, {budget}), "
+                f"open({str(out)!r}, 'w'))")  # fmt: skip
+        subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1])
+        row.update(json.loads(out.read_text()))
+    return row
 
 
 def extraction_vs_forward(work: Path, n: int, shards: int = 8) -> dict:
@@ -248,13 +252,21 @@ def report(frame: pd.DataFrame, notes: list[tuple[str, str]], out: Path, k: int,
         shown[c.replace("_rss", "_GiB").replace("_bytes", "_GiB")] = frame[c] / 2**30
     lines = ["# Scale benchmark", "", f"Sizes {sorted(sizes)}, k={k}, budget {budget}, shard size {shard_size}, "
              f"Dask workers {workers or 'one per core'}, {os.cpu_count()} cores.", "", markdown_table(shown, ".2f"), "",
-             "Exponent of time in N (log-log fit): " + ", ".join(f"{c} {e:.2f}" for c, e in exponents(frame, time_cols).items()),
              ""]  # fmt: skip
-    if len(frame) > 1:  # the target compares the largest size with a tenth of it (300 k vs 30 k)
-        last = frame.iloc[-1]
-        base = frame.iloc[int(np.argmin(np.abs(np.log(frame["n"] / (last["n"] / 10)))))]
-        lines.append(f"Peak RSS at {int(last['n'])} / at {int(base['n'])}: " + ", ".join(
-            f"{c} {last[c] / base[c]:.2f}" for c in rss_cols if base[c] > 0))  # fmt: skip
+    fits = [("10 k–300 k", frame[frame["n"] <= 300_000])] + ([("all sizes", frame)] if frame["n"].max() > 300_000 else [])
+    for span, part in fits:
+        lines.append(f"Exponent of time in N (log-log fit over {span}): " + ", ".join(
+            f"{c} {e:.2f}" for c, e in exponents(part, time_cols).items()))  # fmt: skip
+    lines.append("")
+    # the targets compare each size with a tenth of it (300 k vs 30 k) and bound every process at 1 M
+    for big in frame["n"]:
+        small = frame[frame["n"] == big // 10]
+        if len(small):
+            last, base = frame[frame["n"] == big].iloc[0], small.iloc[0]
+            lines.append(f"Peak RSS at {int(big)} / at {int(big // 10)}: " + ", ".join(
+                f"{c} {last[c] / base[c]:.2f}" for c in rss_cols if base[c] > 0))  # fmt: skip
+    top = frame.iloc[-1]
+    lines += ["", f"Largest peak RSS of any process at {int(top['n'])}: {max(top[c] for c in rss_cols) / 2**30:.2f} GiB"]
     for title, text in notes:
         lines += ["", f"{title}: {text}"]
     (out / "scale.md").write_text("\n".join(lines) + "\n")

@@ -73,6 +73,9 @@ class IndexConfig(BaseModel):
     # an ingested pool trains KMeans on a seeded sample of k × this many points (faiss's own
     # default cap); the assignment pass then covers every image
     points_per_centroid: int = Field(256, ge=1)
+    # "auto": a Dask worker with a CUDA GPU embeds its shards on it (its features are
+    # cached under their own key); "cpu": always the CPU, bit-identical to the in-memory path
+    device: Literal["auto", "cpu"] = "auto"
     # "ball": a client sample counts only inside its nearest cluster's ball (the probe sends
     # the K radii); "nearest": it counts at its nearest centroid however far (the paper's rule)
     coverage: Literal["ball", "nearest"] = "ball"

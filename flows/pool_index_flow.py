@@ -30,7 +30,8 @@ def _index_shards(pool_url: str, store_url: str, index: IndexConfig, seed: int, 
     shards, sizes = pool.shards(), list(pool.shard_sizes().values())
     spec = backbone_spec(index)
     start = time.perf_counter()
-    embedded = [f.result() for f in embed_shard.map(store_url, pool_url, shards, unmapped(spec), index.batch_size, threads)]
+    embedded = [f.result() for f in embed_shard.map(store_url, pool_url, shards, unmapped(spec), index.batch_size, threads,
+                                                    index.device)]  # fmt: skip
     computed = [e for e in embedded if e["computed"]]
     log.info("features: %d of %d shards embedded now, %d found in the store", len(computed), len(shards),
              len(shards) - len(computed))  # fmt: skip
@@ -38,11 +39,12 @@ def _index_shards(pool_url: str, store_url: str, index: IndexConfig, seed: int, 
     keys = [e["key"] for e in embedded]
     # the catalog's ids and domains too: members.parquet names them, and the same pixels
     # may be listed under other ids in another pool
-    key = content_key("pool-index-v1", keys, pool.ids, pool.domains, index.k, index.niter, index.nredo, seed,
+    key = content_key("pool-index-v2", keys, pool.ids, pool.domains, index.k, index.niter, index.nredo, seed,
                       index.points_per_centroid)  # fmt: skip
     store = catalog.store(store_url)
     features = {"shards": len(shards), "embedded_now": len(computed), "images_embedded": sum(e["n"] for e in computed),
-                "seconds": features_s, "backbone": spec.model_dump(mode="json")}  # fmt: skip
+                "seconds": features_s, "backbone": spec.model_dump(mode="json"),
+                "devices": sorted({e["device"] for e in embedded})}  # fmt: skip
     if store.exists(layout.index_part(key, "meta.json")):
         log.info("index %s found in the store: KMeans and assignment skipped", key)
         return {"features": features, "index": store.read_json(layout.index_part(key, "meta.json"))}
@@ -51,7 +53,7 @@ def _index_shards(pool_url: str, store_url: str, index: IndexConfig, seed: int, 
     centroids = train_centroids(sample, index.k, seed, index.niter, index.nredo)
     kmeans_s = time.perf_counter() - start
     assigned = [f.result() for f in assign_shard.map(store_url, keys, unmapped(centroids))]
-    meta = save_pool_index(store_url, key, pool, centroids, assigned)
+    meta = save_pool_index(store_url, key, pool, centroids, assigned, dict(zip(shards, keys)))
     meta.update(pool=pool_url, kmeans_points=len(sample), seconds=time.perf_counter() - start, kmeans_seconds=kmeans_s)
     store.write_json(layout.index_part(key, "meta.json"), meta)  # written last: marks the index complete
     return {"features": features, "index": meta}

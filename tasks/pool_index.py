@@ -25,26 +25,32 @@ from tasks.pool import read_shard
 MEMBER_COLUMNS = ("id", "shard", "row", "domain", "cluster", "distance")
 
 
-def shard_features_key(sha256: str, spec: BackboneSpec) -> str:
-    return layout.features(content_key("pool-shard-v1", sha256, spec.model_dump(mode="json")))
+def shard_features_key(sha256: str, spec: BackboneSpec, device: str = "cpu") -> str:
+    # GPU features differ from CPU ones in the last bits: each has its own key, so one
+    # never stands in for the other (the CPU key is the one the bit-identity tests pin)
+    extra = () if device == "cpu" else (device,)
+    return layout.features(content_key("pool-shard-v1", sha256, spec.model_dump(mode="json"), *extra))
 
 
 @task(name="embed-shard", **STORAGE_RETRIES)
-def embed_shard(store_url: str, pool_url: str, sha256: str, spec: BackboneSpec, batch_size: int, threads: int) -> dict:
-    """Features of one shard; a shard embedded before (by any pool or index) is skipped."""
-    store = catalog.store(store_url)
-    key = shard_features_key(sha256, spec)
-    if store.exists(key):
-        return {"key": key, "computed": False, "n": 0, "seconds": 0.0}
+def embed_shard(store_url: str, pool_url: str, sha256: str, spec: BackboneSpec, batch_size: int, threads: int,
+                device: str = "cpu") -> dict:  # fmt: skip
+    """Features of one shard; a shard embedded before (by any pool or index) is skipped.
+    device "auto": this worker's GPU when it has one."""
     import torch
 
+    device = "cuda" if device == "auto" and torch.cuda.is_available() else "cpu"
+    store = catalog.store(store_url)
+    key = shard_features_key(sha256, spec, device)
+    if store.exists(key):
+        return {"key": key, "computed": False, "n": 0, "seconds": 0.0, "device": device}
     if threads > 0:  # workers × threads = the cores; 0: a remote cluster keeps its own setting
         torch.set_num_threads(threads)
-    model, _ = load_backbone(spec)
+    model, _ = load_backbone(spec, device=device)
     images = read_shard(pool_url, sha256)
     start = time.perf_counter()
     store.write_npy(key, embed(images, model, spec.preprocessing, batch_size, show_bar=False))
-    return {"key": key, "computed": True, "n": len(images), "seconds": time.perf_counter() - start}
+    return {"key": key, "computed": True, "n": len(images), "seconds": time.perf_counter() - start, "device": device}
 
 
 @functools.lru_cache(maxsize=8)
@@ -65,10 +71,11 @@ def assign_shard(store_url: str, key: str, centroids: np.ndarray) -> tuple[np.nd
 
 
 def save_pool_index(store_url: str, index_key: str, pool: PoolCatalog, centroids: np.ndarray,
-                    assigned: list[tuple[np.ndarray, np.ndarray]]) -> dict:  # fmt: skip
+                    assigned: list[tuple[np.ndarray, np.ndarray]], feature_keys: dict[str, str]) -> dict:  # fmt: skip
     """Membership (parquet, in catalog order, so every sampler sees the pool in one order,
-    as in memory), centroids and radii; returns the index's size figures. `assigned` is
-    per shard in catalog order: the catalog lists each shard's rows together."""
+    as in memory), centroids, radii and where each shard's features are; returns the
+    index's size figures. `assigned` is per shard in catalog order: the catalog lists each
+    shard's rows together."""
     nearest = np.concatenate([a[0] for a in assigned])
     distance = np.concatenate([a[1] for a in assigned])
     members = pool.table[["id", "shard", "row", "domain"]].assign(cluster=nearest, distance=distance)
@@ -78,6 +85,7 @@ def save_pool_index(store_url: str, index_key: str, pool: PoolCatalog, centroids
     store.write_bytes(layout.index_part(index_key, "members.parquet"), buf.getvalue())
     store.write_npy(layout.index_part(index_key, "centroids.npy"), centroids)
     store.write_npy(layout.index_part(index_key, "radii.npy"), radii_of(nearest, distance, len(centroids)))
+    store.write_json(layout.index_part(index_key, "features.json"), feature_keys)
     sizes = np.bincount(nearest, minlength=len(centroids))
     return {"key": index_key, "k": len(centroids), "pool_size": len(pool), "cluster_size_min": int(sizes.min()),
             "cluster_size_max": int(sizes.max())}  # fmt: skip
@@ -90,12 +98,14 @@ def read_members(store_url: str, index_key: str, clusters: list[int] | None = No
     return pd.read_parquet(io.BytesIO(data), filters=filters)
 
 
-def features_at(store_url: str, spec: BackboneSpec, rows: pd.DataFrame) -> np.ndarray:
+def features_at(store_url: str, index_key: str, spec: BackboneSpec, rows: pd.DataFrame) -> np.ndarray:
     """l2-normalised features of `rows` (columns shard, row), in their order, reading only
     the shards they lie in, one at a time."""
+    store = catalog.store(store_url)
+    keys = store.read_json(layout.index_part(index_key, "features.json"))  # shard -> its features (CPU or GPU)
     rows = rows.reset_index(drop=True)  # group.index: positions in `rows`
     out = np.empty((len(rows), spec.feature_dim), dtype=np.float32)
     for sha, group in rows.groupby("shard", sort=False):
-        taken = catalog.store(store_url).read_npy(shard_features_key(sha, spec))[group["row"].to_numpy()]
+        taken = store.read_npy(keys[sha])[group["row"].to_numpy()]
         out[group.index.to_numpy()] = l2_normalize(taken)  # row by row, as on the whole: no second full copy
     return out

@@ -15,7 +15,9 @@ from tasks import catalog
 from tasks.pool_index import features_at, read_members
 
 
-MAX_ROWS_IN_MEMORY = 50_000  # features of at most this many pool images at once (≈ 256 MB at d=1280)
+# features of at most this many pool images at once (≈ 100 MB at d=1280); a cluster larger
+# than this (only in pools of millions) is k-centred over a seeded sample of this size
+MAX_ROWS_IN_MEMORY = 20_000
 
 
 def eligible_members(store_url: str, index_key: str, cfg: RoundConfig) -> pd.DataFrame:
@@ -40,7 +42,7 @@ def select_from_pool(store_url: str, index_key: str, spec: BackboneSpec, cfg: Ro
     centroids = catalog.store(store_url).read_npy(layout.index_part(index_key, "centroids.npy"))
     if method == "kcenter":
         candidates = members.iloc[RandomSampler(cfg.seed).select_n(len(members), s.kcenter_sample)].reset_index(drop=True)
-        view = SamplingPool(features_at(store_url, spec, candidates), candidates["cluster"].to_numpy(np.int64), centroids)
+        view = SamplingPool(features_at(store_url, index_key, spec, candidates), candidates["cluster"].to_numpy(np.int64), centroids)
         return candidates["id"].to_numpy(str)[KCenterSampler(cfg.seed).select(view, budget)]
     rule = ECOSSampler(sigma=cfg.sigma if method == "ecos" else 0.0, seed=cfg.seed, threshold_sigmas=s.threshold_sigmas,
                        threshold_share=s.threshold_share, exhausted=s.exhausted, floor_sigmas=s.floor_sigmas)  # fmt: skip
@@ -52,7 +54,9 @@ def select_from_pool(store_url: str, index_key: str, spec: BackboneSpec, cfg: Ro
     picked = []
     for batch in cluster_batches(np.flatnonzero(share), sizes, MAX_ROWS_IN_MEMORY):
         needed = members[members["cluster"].isin(batch)]  # index: positions in `members`
-        view = SamplingPool(features_at(store_url, spec, needed), needed["cluster"].to_numpy(np.int64), centroids)
+        if len(needed) > MAX_ROWS_IN_MEMORY:  # one cluster alone, larger than the cap
+            needed = needed.iloc[RandomSampler(cfg.seed).select_n(len(needed), max(MAX_ROWS_IN_MEMORY, int(share[batch].sum())))]
+        view = SamplingPool(features_at(store_url, index_key, spec, needed), needed["cluster"].to_numpy(np.int64), centroids)
         picked.append(needed.index.to_numpy()[rule.pick(view, np.where(np.isin(np.arange(len(share)), batch), share, 0))])
     return members["id"].to_numpy(str)[np.sort(np.concatenate(picked))] if picked else np.zeros(0, dtype=str)
 

@@ -76,14 +76,32 @@ def test_dask_index_is_bit_identical_to_the_single_process_path(pool_url, indexe
     assert set(some["cluster"]) == {2, 5} and len(some) == int(np.isin(ref.assignments, [2, 5]).sum())
 
 
-@pytest.mark.parametrize("max_rows", [50_000, 300])  # 300: ECOS loads its clusters a few at a time
-def test_pool_selections_match_the_in_memory_samplers(pool_url, indexed, max_rows, monkeypatch):
+def test_each_shard_is_embedded_on_its_workers_device_and_the_index_knows_where(pool_url, indexed):
+    """device "auto" (the default) embeds on a worker's GPU when it has one: these CPU
+    workers report "cpu" and use the CPU key; a GPU's features get a key of their own."""
+    import torch
+
+    from ecos_core import layout as store_layout
+    from tasks import catalog
+    from tasks.pool import read_pool
+    from tasks.pool_index import shard_features_key
+
+    store_url, out = indexed
+    _, spec = load_backbone()
+    expected = ["cuda"] if torch.cuda.is_available() else ["cpu"]
+    assert INDEX.device == "auto" and out["features"]["devices"] == expected
+    where = catalog.store(store_url).read_json(store_layout.index_part(out["index"]["key"], "features.json"))
+    assert where == {s: shard_features_key(s, spec, expected[0]) for s in read_pool(pool_url)[1].shards()}
+    assert shard_features_key("ab" * 32, spec, "cuda") != shard_features_key("ab" * 32, spec, "cpu")
+
+
+@pytest.mark.parametrize("few", [False, True])  # True: ECOS loads its clusters a few at a time
+def test_pool_selections_match_the_in_memory_samplers(pool_url, indexed, few, monkeypatch):
     from ecos_core.index import l2_normalize
     from tasks import catalog
     from tasks import pool_sampling
     from tasks.pool_sampling import select_from_pool
 
-    monkeypatch.setattr(pool_sampling, "MAX_ROWS_IN_MEMORY", max_rows)
     store_url, out = indexed
     cfg = RoundConfig.model_validate({"data": {"pool": pool_url}, "index": INDEX.model_dump(), "sampling": {"budget": 150}})
     pool, features = in_memory(pool_url)
@@ -91,6 +109,8 @@ def test_pool_selections_match_the_in_memory_samplers(pool_url, indexed, max_row
     keep = ~np.isin(pool.ids, np.concatenate([train.ids, test.ids]))
     assert (~keep).sum() > 0, "the pool should hold some of the client's own mnistm samples"
     ref = build_index(features, INDEX.k, 0, INDEX.niter, INDEX.nredo)
+    if few:  # the largest cluster just fits, so no cluster is sampled down
+        monkeypatch.setattr(pool_sampling, "MAX_ROWS_IN_MEMORY", int(np.bincount(ref.assignments).max()))
     view = SamplingPool(l2_normalize(features)[keep], ref.assignments[keep], ref.centroids)
     scores = np.bincount(ref.assignments[keep][pool.domains[keep] == "mnistm"], minlength=INDEX.k).astype(float)
     _, spec = load_backbone()
@@ -101,6 +121,27 @@ def test_pool_selections_match_the_in_memory_samplers(pool_url, indexed, max_row
         assert list(got) == list(pool.ids[keep][picked]), method  # same ids, in pool order
     ood = cfg.model_copy(update={"data": cfg.data.model_copy(update={"regime": "ood"})})
     assert not any(i.startswith("mnistm/") for i in select_from_pool(store_url, out["index"]["key"], spec, ood, "random", None))
+
+
+def test_a_cluster_larger_than_the_memory_cap_is_k_centred_over_a_seeded_sample(pool_url, indexed, monkeypatch):
+    from tasks import pool_sampling
+    from tasks.pool_index import read_members
+    from tasks.pool_sampling import select_from_pool
+
+    monkeypatch.setattr(pool_sampling, "MAX_ROWS_IN_MEMORY", 40)  # every cluster is larger
+    store_url, out = indexed
+    key, (_, spec) = out["index"]["key"], load_backbone()
+    cfg = RoundConfig.model_validate({"data": {"pool": pool_url}, "index": INDEX.model_dump(), "sampling": {"budget": 60}})
+    members = read_members(store_url, key)
+    scores = np.bincount(members["cluster"][members["domain"] == "mnistm"], minlength=INDEX.k).astype(float)
+    loaded = []
+    real_features_at = pool_sampling.features_at
+    monkeypatch.setattr(pool_sampling, "features_at", lambda *a: loaded.append(len(a[3])) or real_features_at(*a))
+    got = select_from_pool(store_url, key, spec, cfg, "oracle", scores)
+    assert len(got) == 60 and len(set(got)) == 60 and max(loaded) <= 40  # never more rows than the cap at once
+    kept = ECOSSampler(sigma=0.0).cluster_budgets(scores, np.bincount(members["cluster"], minlength=INDEX.k), 60)
+    assert set(members.set_index("id").loc[got, "cluster"]) <= set(np.flatnonzero(kept))
+    assert list(select_from_pool(store_url, key, spec, cfg, "oracle", scores)) == list(got)  # seeded
 
 
 def test_only_new_shards_are_embedded_and_a_changed_shard_is_refused(pool_url, indexed, tmp_path):
