@@ -173,12 +173,13 @@ def _load_local(spec: str):  # noqa: ANN202
 def watch(
     interval: float = typer.Option(2.0, help="Seconds between sweeps."),
     once: bool = typer.Option(False, help="One sweep, then exit."),
+    heartbeat: Optional[Path] = typer.Option(None, help="A file rewritten after every sweep (pid, sweeps, errors)."),
 ) -> None:
-    """Resume suspended rounds whose clients have all answered (or whose deadline passed).
-    Needs PREFECT_API_URL and the store's settings."""
+    """Judge the uploads of suspended rounds as they land; resume a round once its clients
+    have all answered (or its deadline passed). Needs PREFECT_API_URL and the store's settings."""
     from flows.watcher import watch as run_watcher
 
-    run_watcher(interval, once)
+    run_watcher(interval, once, heartbeat)
 
 
 @clients_app.command("invitation")

@@ -56,5 +56,14 @@ def accepted(round_id: str, client_id: str) -> str:
     return round_key(round_id, f"accepted/{client_id}.json")
 
 
+def verdicts_prefix(round_id: str) -> str:
+    """Cloud-only: one verdict per upload version judged, named by a digest of key + version."""
+    return round_key(round_id, "verdicts")
+
+
+def verdict(round_id: str, digest: str) -> str:
+    return f"{verdicts_prefix(round_id)}/{digest}.json"
+
+
 def training_row(round_id: str, client_id: str, method: str) -> str:
     return round_key(round_id, f"training/{client_id}/{method}.json")

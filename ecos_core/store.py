@@ -11,8 +11,10 @@ import io
 import json
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
+from urllib.parse import parse_qs, urlparse
 
 import fsspec
 import numpy as np
@@ -33,6 +35,28 @@ def _backend_errors(where: str) -> Iterator[None]:
         raise
     except Exception as err:  # noqa: BLE001 - any other backend error is "store unavailable"
         raise StoreError(f"{where}: store unavailable ({type(err).__name__}: {err})") from err
+
+
+@dataclass(frozen=True)
+class Version:
+    """One version of an object: tells a replaced upload from a re-read one (the S3 ETag is
+    the content's MD5; a local file has its mtime in ns), and an upload that landed after
+    a deadline."""
+
+    size: int
+    modified: datetime  # UTC
+    tag: str
+
+    @staticmethod
+    def of(info: dict) -> "Version":
+        stamp = info.get("mtime", info.get("created"))  # local files; in-memory ones only have "created"
+        modified = info.get("LastModified") or datetime.fromtimestamp(stamp, timezone.utc)
+        tag = str(info.get("ETag") or stamp).strip('"')
+        return Version(int(info["size"]), modified.astimezone(timezone.utc), tag)
+
+    @property
+    def id(self) -> str:
+        return f"{self.size}-{self.modified.isoformat()}-{self.tag}"
 
 
 class Store:
@@ -67,11 +91,11 @@ class Store:
         except Exception as err:  # any backend error means the same thing to the user
             raise StoreError(f"store {self.url} is not reachable/writable: {type(err).__name__}: {err}") from None
 
-    def presign(self, key: str, method: str, expires_s: int) -> str:
-        """A URL that lets its holder GET or PUT exactly this object until it expires,
-        without credentials: how devices fetch their probe and upload their own response
-        (the signature covers the key, so they cannot write anywhere else). A local
-        store returns a file:// URL instead (same machine, no signature possible)."""
+    def presign(self, key: str, method: str, until: datetime) -> str:
+        """A URL that lets its holder GET or PUT exactly this object until `until`, and not
+        a moment later, without credentials: how devices fetch their probe and upload their
+        own response (the signature covers the key, so they cannot write anywhere else). A
+        local store returns a file:// URL instead (same machine, no signature possible)."""
         if self.is_local:
             return "file://" + self.path(key)
         if not self.url.startswith("s3://"):
@@ -87,7 +111,17 @@ class Store:
         )  # fmt: skip
         bucket, _, object_key = self.path(key).partition("/")
         operation = {"get": "get_object", "put": "put_object"}[method]
-        return client.generate_presigned_url(operation, Params={"Bucket": bucket, "Key": object_key}, ExpiresIn=expires_s)
+        params = {"Bucket": bucket, "Key": object_key}
+        # a URL expires at its signing time (whole seconds, in the URL) + ExpiresIn: sign,
+        # read the signing time back and shorten the lifetime so it ends at `until` or before
+        expires = max(1, int((until - datetime.now(timezone.utc)).total_seconds()) + 1)
+        while True:
+            url = client.generate_presigned_url(operation, Params=params, ExpiresIn=expires)
+            signed_at = datetime.strptime(parse_qs(urlparse(url).query)["X-Amz-Date"][0], "%Y%m%dT%H%M%SZ")
+            exact = int((until - signed_at.replace(tzinfo=timezone.utc)).total_seconds())  # floor for a future `until`
+            if expires <= max(exact, 1):
+                return url
+            expires = max(exact, 1)
 
     def invalidate(self) -> None:
         """Forget listings cached by the filesystem (needed when polling for uploads)."""
@@ -102,13 +136,22 @@ class Store:
         with _backend_errors(self.uri(key)):
             return int(self.fs.size(self.path(key)))
 
-    def version(self, key: str) -> tuple[int, datetime]:
-        """(size, last modified, UTC) of an object: tells a changed upload from a re-read
-        one, and an upload that landed after a deadline."""
+    def version(self, key: str) -> Version:
+        """Size, last modified and tag of one object (see Version)."""
         with _backend_errors(self.uri(key)):
-            info = self.fs.info(self.path(key))
-            modified = info.get("LastModified") or datetime.fromtimestamp(info["mtime"], timezone.utc)
-            return int(info["size"]), modified.astimezone(timezone.utc)
+            return Version.of(self.fs.info(self.path(key)))
+
+    def versions(self, prefix: str) -> dict[str, Version]:
+        """The Version of every key directly under `prefix`, from one listing (one LIST
+        request on S3, however many objects)."""
+        self.invalidate()
+        try:
+            with _backend_errors(self.uri(prefix)):
+                entries = self.fs.ls(self.path(prefix), detail=True)
+        except FileNotFoundError:
+            return {}
+        files = ((e["name"].rstrip("/").rsplit("/", 1)[-1], e) for e in entries if e["type"] == "file")
+        return {f"{prefix}/{n}": Version.of(e) for n, e in sorted(files, key=lambda f: f[0]) if not n.startswith(".")}
 
     def read_bytes(self, key: str, max_bytes: int | None = None) -> bytes:
         path = self.path(key)
@@ -150,14 +193,7 @@ class Store:
 
     def list(self, prefix: str) -> list[str]:
         """Keys directly under `prefix` (files only, sorted); [] when there are none."""
-        self.invalidate()
-        try:
-            with _backend_errors(self.uri(prefix)):
-                entries = self.fs.ls(self.path(prefix), detail=True)
-        except FileNotFoundError:
-            return []
-        names = [e["name"].rstrip("/").rsplit("/", 1)[-1] for e in entries if e["type"] == "file"]
-        return sorted(f"{prefix}/{n}" for n in names if not n.startswith("."))
+        return list(self.versions(prefix))
 
     # ------------------------------------------------------------ typed
     def write_json(self, key: str, obj: Any, overwrite: bool = True) -> None:

@@ -1,16 +1,25 @@
-"""The watcher: resumes suspended rounds once their clients' uploads are in the store.
+"""The watcher: judges the uploads of suspended rounds as they land, and resumes each
+round once every expected client has a valid answer or its deadline has passed.
 
 A suspended round holds no worker slot. This small loop (one process, `ecos watch`)
-asks the Prefect API for suspended `ecos-round` runs, looks at each round's uploads,
-and resumes the run when every expected client has a valid response or the deadline
-has passed. Chosen over having devices call the Prefect API: devices then need no
-Prefect credentials, only their pre-signed upload URL.
+asks the Prefect API for suspended `ecos-round` runs and judges each new upload at once
+(tasks/uploads.py: the first valid answer is copied to the cloud-only accepted/, so
+nothing uploaded later can replace it). Chosen over having devices call the Prefect
+API: devices then need no Prefect credentials, only their pre-signed upload URL.
+
+Nothing stops the loop: each round is handled on its own (a bad upload is a refusal, a
+broken probe resumes its round with the reason, an unreachable store or API is retried
+with backoff), and every sweep writes a heartbeat file, which `ecos infra up watcher`
+reads to know that this start is alive; infra/supervise.py restarts it if it dies.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import time
 from datetime import datetime, timezone
+from pathlib import Path
 
 from prefect import get_client
 from prefect.client.schemas.filters import (
@@ -29,7 +38,18 @@ from ecos_core.protocol import ProtocolError, decode_probe
 from ecos_core.settings import Settings
 from flows.round_flow import round_id_of_run
 from tasks import catalog
-from tasks.responses import check_upload, client_keys
+from tasks.uploads import RoundTerms, answered, judge_new_uploads
+
+MAX_BACKOFF_S = 10.0
+
+
+def log(message: str) -> None:
+    print(f"{datetime.now(timezone.utc).isoformat(timespec='milliseconds')} {message}", flush=True)
+
+
+def one_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0] if text else ''}"
 
 
 def suspended_rounds() -> list[FlowRun]:
@@ -40,46 +60,95 @@ def suspended_rounds() -> list[FlowRun]:
         )
 
 
-def readiness(run: FlowRun) -> str | None:
-    """Why `run` may resume now, or None to keep it waiting."""
+def round_of(run: FlowRun) -> tuple[str, RoundConfig, str]:
     params = run.parameters
-    cfg = RoundConfig.model_validate(params.get("cfg") or {})
-    round_id = params.get("round_id") or round_id_of_run(str(run.id))
-    store = catalog.store(params.get("store_url") or Settings().store)
-    store.invalidate()
+    return (params.get("round_id") or round_id_of_run(str(run.id)), RoundConfig.model_validate(params.get("cfg") or {}),
+            params.get("store_url") or Settings().store)  # fmt: skip
+
+
+def tend(run: FlowRun) -> str | None:
+    """Judge the round's new uploads; why it may resume now, or None to keep it waiting."""
+    round_id, cfg, store_url = round_of(run)
+    store = catalog.store(store_url)
     if not store.exists(layout.probe_json(round_id)):
         return None
-    probe, _ = decode_probe(store.read_bytes(layout.probe_json(round_id)), store.read_bytes(layout.probe_centroids(round_id)))
+    try:
+        probe, _ = decode_probe(store.read_bytes(layout.probe_json(round_id)), store.read_bytes(layout.probe_centroids(round_id)),
+                                store.uri(layout.probe_json(round_id)), round_id)  # fmt: skip
+    except (ProtocolError, ValueError) as err:  # no device can answer a probe that does not verify
+        return f"its probe is unreadable ({one_line(err)}); resumed so the round reports it"
     clients = list(cfg.clients)
-    key_for = client_keys(store, clients)
-    valid = set()
-    for key in store.list(layout.responses_prefix(round_id)):
-        try:
-            valid.add(check_upload(store, key, store.read_bytes(key, 1 << 16), round_id, clients, probe.k, probe.sigma, key_for).client_id)
-        except (ProtocolError, ValueError):
-            continue  # refused uploads are ledgered by the round itself
-    if valid >= set(clients):
+    terms = RoundTerms.load(store, round_id, clients, probe.k, probe.sigma, probe.deadline)
+    for v in judge_new_uploads(store, terms):
+        log(f"round {round_id}: {v['key']}: " + ("accepted" if v["verdict"] == "accepted" else f"refused: {v['reason']}"))
+    have = answered(store, round_id) & set(clients)
+    if have >= set(clients):
         return f"all {len(clients)} expected clients answered"
     if datetime.now(timezone.utc) >= probe.deadline:
-        return f"deadline passed with {len(valid)} of {len(clients)} answers"
+        return f"deadline passed with {len(have)} of {len(clients)} answers"
     return None
 
 
-def sweep() -> list[tuple[str, str]]:
-    resumed = []
-    for run in suspended_rounds():
-        reason = readiness(run)
-        if reason:
-            resume_flow_run(run.id, run_input={"reason": reason})
-            resumed.append((str(run.id), reason))
-    return resumed
+class Watcher:
+    """One sweep at a time; a round that fails is retried after a backoff of its own, so
+    it never slows the others."""
 
+    def __init__(self, heartbeat: Path | None = None) -> None:
+        self.heartbeat, self.sweeps, self.started = heartbeat, 0, datetime.now(timezone.utc)
+        self.retry_at: dict[str, tuple[float, float]] = {}  # round id -> (when, backoff)
+        self.errors: dict[str, str] = {}
 
-def watch(interval_s: float = 2.0, once: bool = False) -> None:
-    print(f"watching suspended ecos-round runs every {interval_s:g} s", flush=True)
-    while True:
-        for run_id, reason in sweep():
-            print(f"resumed flow run {run_id}: {reason}", flush=True)
-        if once:
+    def sweep(self) -> list[tuple[str, str]]:
+        resumed = []
+        try:
+            runs = suspended_rounds()
+            self.errors.pop("prefect", None)
+        except Exception as err:  # noqa: BLE001 - the API down: try again next sweep
+            self._error("prefect", f"Prefect API: {one_line(err)}")
+            runs = []
+        for run in runs:
+            key = str(run.id)
+            if self.retry_at.get(key, (0.0, 0.0))[0] > time.monotonic():
+                continue
+            try:
+                reason = tend(run)
+                if reason:
+                    resume_flow_run(run.id, run_input={"reason": reason})
+                    resumed.append((key, reason))
+                    log(f"resumed flow run {key} ({run.name}): {reason}")
+                self.retry_at.pop(key, None)
+                self.errors.pop(key, None)
+            except Exception as err:  # noqa: BLE001 - one round's trouble never stops the others
+                backoff = min(2 * self.retry_at.get(key, (0.0, 0.5))[1], MAX_BACKOFF_S)
+                self.retry_at[key] = (time.monotonic() + backoff, backoff)
+                self._error(key, f"flow run {key} ({run.name}): {one_line(err)}; retrying in {backoff:g} s")
+        self.sweeps += 1
+        self._beat()
+        return resumed
+
+    def _error(self, key: str, message: str) -> None:
+        if self.errors.get(key, "").split("; retrying")[0] != message.split("; retrying")[0]:
+            log(f"error: {message}")  # once per distinct error, not once per sweep
+        self.errors[key] = message
+
+    def _beat(self) -> None:
+        if self.heartbeat is None:
             return
-        time.sleep(interval_s)
+        doc = {"pid": os.getpid(), "ppid": os.getppid(), "started_at": self.started.isoformat(), "sweeps": self.sweeps,
+               "last_sweep_at": datetime.now(timezone.utc).isoformat(), "errors": sorted(self.errors.values())}  # fmt: skip
+        tmp = self.heartbeat.with_name(f".{self.heartbeat.name}.{os.getpid()}")
+        tmp.write_text(json.dumps(doc, indent=1))
+        os.replace(tmp, self.heartbeat)  # readers never see half a file
+
+
+def watch(interval_s: float = 2.0, once: bool = False, heartbeat: Path | None = None) -> None:
+    watcher = Watcher(heartbeat)
+    log(f"watching suspended ecos-round runs every {interval_s:g} s (pid {os.getpid()})")
+    try:
+        while True:
+            watcher.sweep()
+            if once:
+                return
+            time.sleep(interval_s)
+    except KeyboardInterrupt:
+        log("stopped")

@@ -167,3 +167,12 @@ def _port_open(port: int) -> bool:
         return s.connect_ex((HOST, port)) == 0
 
 
+def _base_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["AWS_EC2_METADATA_DISABLED"] = "true"
+    return env
+
+
+def _service_running(cfg: Config, name: str) -> bool:
+    rec = Record.read(_pid_file(cfg, name))
+    return bool(rec and rec.alive())

@@ -27,13 +27,10 @@ import argparse
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Callable
-from pathlib import Path
 
 from infra.config import (  # noqa: F401 (re-exported: the CLI and tests use services.X)
     Config,
@@ -61,28 +58,26 @@ from infra.processes import (  # noqa: F401
     _pid_file,
     _port_open,
     _proc_start_time,
+    _base_env,
     _reap,
+    _service_running,
     _wait_ready,
     log_tail,
 )
 
+from infra.prefect_services import (  # noqa: F401 (re-exported: the CLI and tests use services.X)
+    _prefect_env,
+    _prefect_healthy,
+    _start_prefect,
+    _start_watcher,
+    _start_worker,
+    ensure_pools,
+    watcher_heartbeat,
+    workers,
+)
+
+
 # ------------------------------------------------------------------------ services
-def _base_env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["AWS_EC2_METADATA_DISABLED"] = "true"
-    return env
-
-
-def _prefect_env(cfg: Config) -> dict[str, str]:
-    env = _base_env()
-    for k in ("PREFECT_API_URL", "PREFECT_API_KEY", "PREFECT_PROFILE"):
-        env.pop(k, None)
-    env["PREFECT_HOME"] = str(cfg.prefect_home)
-    env["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
-    env["PREFECT_UI_ENABLED"] = "true"
-    return env
-
-
 def _ensure_rclone(cfg: Config) -> None:
     if cfg.rclone_bin.exists():
         return
@@ -126,102 +121,6 @@ def _start_s3(cfg: Config) -> Record:
     return rec
 
 
-def _prefect_healthy(cfg: Config) -> bool:
-    try:
-        return _http(f"{cfg.prefect_api_url}/health", timeout=2.0)[0] == 200
-    except OSError:
-        return False
-
-
-def _start_prefect(cfg: Config) -> Record:
-    cfg.prefect_home.mkdir(parents=True, exist_ok=True)
-    cmd = [cfg.prefect_bin, "server", "start", "--host", HOST, "--port", str(cfg.prefect_port)]
-    env = {**_prefect_env(cfg), "PREFECT_UI_API_URL": cfg.prefect_api_url}  # else the UI calls :4200
-    rec = _launch(cfg, "prefect", cmd, env, cfg.prefect_url, cfg.run_dir)
-    rec.ready_s = _wait_ready(
-        rec, lambda: _prefect_healthy(cfg), PREFECT_READY_TIMEOUT, f"Prefect server on port {cfg.prefect_port}"
-    )
-    return rec
-
-
-def ensure_pools(cfg: Config) -> None:
-    """Create (or update: --overwrite) the process work pools. Idempotent."""
-    env = _prefect_env(cfg)
-    env["PREFECT_API_URL"] = cfg.prefect_api_url
-    procs = {
-        pool: subprocess.Popen(
-            [cfg.prefect_bin, "--no-prompt", "work-pool", "create", pool, "--type", "process", "--overwrite"],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            cwd=REPO_ROOT,
-        )
-        for pool in dict.fromkeys((cfg.work_pool, cfg.gpu_work_pool))
-    }
-    for pool, p in procs.items():
-        out, _ = p.communicate(timeout=120)
-        if p.returncode != 0 and _http(f"{cfg.prefect_api_url}/work_pools/{pool}")[0] != 200:
-            raise ServiceError(f"could not create work pool {pool!r} (exit {p.returncode}):\n{out[-3000:]}")
-
-
-def workers(cfg: Config, pool: str) -> list[dict]:
-    """The workers the server knows for a pool (name, status, last heartbeat)."""
-    status, body = _http(f"{cfg.prefect_api_url}/work_pools/{pool}/workers/filter", "POST", {})
-    if status != 200:
-        raise ServiceError(f"listing workers of pool {pool!r}: HTTP {status} {body[:300]!r}")
-    return json.loads(body)
-
-
-def _start_worker(cfg: Config, name: str) -> Record:
-    pool = cfg.pool_for(name)
-    if _http(f"{cfg.prefect_api_url}/work_pools/{pool}")[0] != 200:
-        ensure_pools(cfg)
-    env = _prefect_env(cfg)
-    if _service_running(cfg, "s3"):  # flow runs executed by this worker use the same store
-        env.update(env_for_clients(cfg))
-    env["PREFECT_API_URL"] = cfg.prefect_api_url
-    env["PREFECT_WORKER_QUERY_SECONDS"] = cfg.worker_query_seconds
-    env["ECOS_REPO_DIR"] = str(REPO_ROOT)
-    if _service_running(cfg, "s3"):  # results and task caches in the bucket (block made by infra/deploy.py)
-        env.setdefault("PREFECT_RESULTS_PERSIST_BY_DEFAULT", "true")
-        env.setdefault("PREFECT_DEFAULT_RESULT_STORAGE_BLOCK", f"remote-file-system/{RESULTS_BLOCK}")
-    worker_name = f"{pool}-{socket.gethostname()}-{uuid.uuid4().hex[:6]}"
-    cmd = [
-        cfg.prefect_bin,
-        "--no-prompt",
-        "worker",
-        "start",
-        "--pool",
-        pool,
-        "--type",
-        "process",
-        "--name",
-        worker_name,
-    ]
-    # Flow runs execute in the worker's working directory: the repo root, so flows/ imports.
-    rec = _launch(cfg, name, cmd, env, f"{cfg.prefect_api_url} pool {pool} worker {worker_name}", REPO_ROOT)
-    rec.ready_s = _wait_ready(
-        rec,
-        lambda: any(w.get("name") == worker_name for w in workers(cfg, pool)),
-        WORKER_READY_TIMEOUT,
-        f"worker for pool {pool!r}",
-    )
-    return rec
-
-
-def _start_watcher(cfg: Config) -> Record:
-    """`ecos watch`: resumes suspended rounds once their uploads are in the store."""
-    env = _prefect_env(cfg)
-    env.update(env_for_clients(cfg))
-    env["PREFECT_API_URL"] = cfg.prefect_api_url
-    python = str(Path(cfg.prefect_bin).parent / "python")
-    rec = _launch(cfg, "watcher", [python, "-m", "ecos_cli", "watch", "--interval", "2"], env,
-                  f"{cfg.prefect_api_url} (resumes suspended rounds)", REPO_ROOT)  # fmt: skip
-    rec.ready_s = _wait_ready(rec, lambda: "watching" in _log_file(cfg, "watcher").read_text(errors="replace"), WORKER_READY_TIMEOUT, "watcher")
-    return rec
-
-
 _STARTERS: dict[str, Callable[[Config], Record]] = {
     "s3": _start_s3,
     "prefect": _start_prefect,
@@ -230,11 +129,6 @@ _STARTERS: dict[str, Callable[[Config], Record]] = {
     "watcher": _start_watcher,
 }
 _PORT = {"s3": lambda c: c.s3_port, "prefect": lambda c: c.prefect_port}
-
-
-def _service_running(cfg: Config, name: str) -> bool:
-    rec = Record.read(_pid_file(cfg, name))
-    return bool(rec and rec.alive())
 
 
 def _expand(names: list[str] | tuple[str, ...] | None, default: tuple[str, ...]) -> list[str]:
@@ -248,6 +142,21 @@ def _expand(names: list[str] | tuple[str, ...] | None, default: tuple[str, ...])
     return out
 
 
+def _require_own_prefect(cfg: Config, name: str) -> None:
+    """Workers and the watcher talk only to this installation's Prefect server (its pid
+    file in this run dir), never to whatever answers on the port: another installation's
+    server there would hand them its runs."""
+    if _service_running(cfg, "prefect"):
+        if not _prefect_healthy(cfg):
+            raise ServiceError(f"Prefect server (pid file {_pid_file(cfg, 'prefect')}) runs but is not healthy")
+        return
+    if _port_open(cfg.prefect_port):
+        raise ServiceError(f"port {HOST}:{cfg.prefect_port} is taken by a Prefect server that is not this "
+                           f"installation's (run dir {cfg.run_dir}); set ECOS_PREFECT_PORT to a free port")  # fmt: skip
+    print(f"infra: the {name} needs the Prefect server; starting it first", file=sys.stderr)
+    start("prefect", cfg)
+
+
 def start(name: str, cfg: Config | None = None) -> Record:
     """Start one service unless it already runs; wait until it is ready. On failure,
     stop what was started for it and raise ServiceError with the log tail."""
@@ -258,11 +167,8 @@ def start(name: str, cfg: Config | None = None) -> Record:
         print(f"infra: {name} already running (pid {rec.pid})", file=sys.stderr)
         rec.ready_s = 0.0
         return rec
-    if name in ("worker", "gpu-worker") and not _prefect_healthy(cfg):
-        if _service_running(cfg, "prefect"):
-            raise ServiceError(f"Prefect server (pid file {_pid_file(cfg, 'prefect')}) runs but is not healthy")
-        print("infra: the worker needs the Prefect server; starting it first", file=sys.stderr)
-        start("prefect", cfg)
+    if name in ("worker", "gpu-worker", "watcher"):
+        _require_own_prefect(cfg, name)
     if name in _PORT and _port_open(port := _PORT[name](cfg)):
         raise ServiceError(
             f"port {HOST}:{port} is already in use by another process; stop it or set "
@@ -357,10 +263,19 @@ def status(cfg: Config | None = None, out=None) -> dict[str, dict]:
         }
         if name == "prefect" and running:
             info["healthy"] = _prefect_healthy(cfg)
+        if name == "watcher" and running:
+            try:  # what the watcher itself last said
+                beat = json.loads(watcher_heartbeat(cfg).read_text())
+                info.update(sweeps=beat["sweeps"], last_sweep_at=beat["last_sweep_at"], errors=beat["errors"])
+            except (OSError, ValueError, KeyError):
+                info["healthy"] = False
         result[name] = info
         pid = str(info["pid"] or "-")
         extra = "" if info.get("healthy", True) else " (not healthy)"
         print(f"{name:<11} {info['state']:<8}{extra} pid {pid:<8} {info['url']}\n{'':<11} log {info['log']}", file=out)
+        if "last_sweep_at" in info:
+            print(f"{'':<11} last sweep {info['last_sweep_at']} ({info['sweeps']} in all)"
+                  + "".join(f"\n{'':<11} error: {e}" for e in info["errors"]), file=out)  # fmt: skip
     return result
 
 

@@ -3,7 +3,6 @@ invitation per client (pre-signed URLs + the probe's MAC under that client's key
 
 from __future__ import annotations
 
-import math
 from datetime import datetime, timedelta, timezone
 
 from prefect import get_run_logger, task
@@ -36,7 +35,8 @@ def publish_probe(
                              f"{coverage!r}; start a new round id to change the rule")  # fmt: skip
         get_run_logger().info("probe of round %s already published: reused", round_id)
     else:
-        deadline = datetime.now(timezone.utc) + timedelta(seconds=deadline_s)
+        # a whole second: the pre-signed URLs (signed in whole seconds) expire exactly then
+        deadline = (datetime.now(timezone.utc) + timedelta(seconds=deadline_s)).replace(microsecond=0)
         centroids, radii = load_centroids(store_url, index_key)
         probe, probe_json, npy = encode_probe(round_id, centroids, BackboneSpec(**backbone), sigma, delta, deadline,
                                               radii if coverage == "ball" else None)  # fmt: skip
@@ -44,13 +44,11 @@ def publish_probe(
         # centroids first, probe.json last: whoever sees probe.json finds a complete probe
         store.write_bytes(npy_key, npy)  # may be left by a failed attempt: unseen until probe.json exists
         store.write_bytes(json_key, probe_json, overwrite=False)
-        # +2 s: signing times are whole seconds; the collector judges lateness by the deadline itself
-        expires = math.ceil((probe.deadline - datetime.now(timezone.utc)).total_seconds()) + 2
         for client_id, key in keys.items():
             invitation = Invitation(
                 round_id=round_id, client_id=client_id, deadline=probe.deadline,
-                probe_url=store.presign(json_key, "get", expires), centroids_url=store.presign(npy_key, "get", expires),
-                response_url=store.presign(layout.response(round_id, client_id), "put", expires),
+                probe_url=store.presign(json_key, "get", probe.deadline), centroids_url=store.presign(npy_key, "get", probe.deadline),
+                response_url=store.presign(layout.response(round_id, client_id), "put", probe.deadline),
                 probe_hmac_sha256=probe_mac(key, probe_json),
             )  # fmt: skip
             store.write_bytes(layout.invitation(round_id, client_id), invitation.model_dump_json(indent=1).encode())

@@ -29,9 +29,9 @@ def publish(store: Store, enrollment, round_id="r1", spec=None, deadline_s=300.0
     store.write_bytes(layout.probe_json(round_id), pj)
     return Invitation(
         round_id=round_id, client_id=enrollment.client_id, deadline=deadline,
-        probe_url=store.presign(layout.probe_json(round_id), "get", 60),
-        centroids_url=store.presign(layout.probe_centroids(round_id), "get", 60),
-        response_url=store.presign(layout.response(round_id, enrollment.client_id), "put", 60),
+        probe_url=store.presign(layout.probe_json(round_id), "get", deadline),
+        centroids_url=store.presign(layout.probe_centroids(round_id), "get", deadline),
+        response_url=store.presign(layout.response(round_id, enrollment.client_id), "put", deadline),
         probe_hmac_sha256=probe_mac(mac_key or enrollment.key_b64, pj),
     )  # fmt: skip
 

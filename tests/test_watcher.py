@@ -1,0 +1,258 @@
+"""The watcher and the uploads it judges, against the REAL services: rclone's S3 server
+and a Prefect server (started by infra.services in a temporary run dir on free ports,
+stopped by PID at the end). Suspended rounds are real suspended flow runs of a
+registered `ecos-round` deployment, made the way `suspend_flow_run` makes them.
+
+The invariant: the first valid answer of each invited client is never lost or replaced,
+whatever anyone uploads before or after it; every upload version is judged and ledgered
+once; one bad object, one broken round or one unreachable store never stops the watcher.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import time
+import uuid
+from datetime import datetime, timezone
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from s3_faults import CLIENTS, K, SIGMA, _free_port, quiet_tasks, signed  # noqa: F401 (fixtures by name)
+from infra import services
+from ecos_core import layout, transport
+from ecos_core.auth import enroll
+from ecos_core.backbone import FEATURE_DIM, BackboneSpec
+from ecos_core.config import RoundConfig
+from ecos_core.protocol import decode_invitation
+from tasks import catalog
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory):
+    """S3 + Prefect server; the store, enrolled clients, a fake index and a deployment."""
+    from prefect import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from flows.round_flow import round_flow
+
+    run_dir = tmp_path_factory.mktemp("watcher-infra")
+    environ = {k: v for k, v in os.environ.items() if not k.startswith(("ECOS_", "PREFECT_API_"))}
+    environ.update(ECOS_INFRA_DIR=str(run_dir), ECOS_S3_PORT=str(_free_port()), ECOS_PREFECT_PORT=str(_free_port()),
+                   ECOS_S3_BUCKET="ecos", ECOS_WORK_POOL="watch-cpu", ECOS_GPU_WORK_POOL="watch-gpu")  # fmt: skip
+    cfg = services.Config.load(environ, dotenv=run_dir / "no.env")
+    mp = pytest.MonkeyPatch()
+    try:
+        for name in ("s3", "prefect"):
+            services.start(name, cfg)
+        key, secret = cfg.credentials(create=False)
+        for k, v in {"ECOS_S3_ENDPOINT": cfg.s3_url, "ECOS_S3_KEY": key, "ECOS_S3_SECRET": secret,
+                     "AWS_EC2_METADATA_DISABLED": "true"}.items():  # fmt: skip
+            mp.setenv(k, v)
+        catalog.store.cache_clear()
+        url = f"s3://{cfg.s3_bucket}/watch-{uuid.uuid4().hex[:8]}"
+        store = catalog.store(url)
+        keys = {c: enroll(store, c).key_b64 for c in CLIENTS}
+        store.write_npy(layout.index_part("fake-index", "centroids.npy"),
+                        np.random.default_rng(0).standard_normal((K, FEATURE_DIM)).astype("<f4"))  # fmt: skip
+        store.write_npy(layout.index_part("fake-index", "radii.npy"), np.full(K, 2.0, "<f4"))
+        with temporary_settings(updates={PREFECT_API_URL: cfg.prefect_api_url}):
+            with get_client(sync_client=True) as client:
+                deployment = client.create_deployment(flow_id=client.create_flow(round_flow), name="watcher-test")
+            yield SimpleNamespace(cfg=cfg, url=url, store=store, keys=keys, deployment=deployment)
+    finally:
+        services.down(None, cfg)
+        mp.undo()
+        catalog.store.cache_clear()
+
+
+def suspended_round(live, deadline_s: float = 60.0, clients=CLIENTS) -> SimpleNamespace:
+    """A published probe and a suspended `ecos-round` run waiting for it, as deployed."""
+    from prefect import get_client
+    from prefect.input.run_input import keyset_from_paused_state
+    from prefect.states import Running, Suspended
+
+    from flows.round_flow import ResponsesReady
+    from tasks.probe import publish_probe
+
+    rid = f"w-{uuid.uuid4().hex[:8]}"
+    probe = publish_probe.fn(live.url, rid, "fake-index", BackboneSpec().model_dump(mode="json"), SIGMA, 1e-5,
+                             deadline_s, list(clients))  # fmt: skip
+    cfg = RoundConfig.model_validate({"clients": list(clients), "quorum": 1})
+    with get_client(sync_client=True) as client:
+        run = client.create_flow_run_from_deployment(live.deployment, parameters={
+            "cfg": cfg.model_dump(mode="json"), "store_url": live.url, "round_id": rid, "wait": "suspend"})  # fmt: skip
+        client.set_flow_run_state(run.id, Running(), force=True)
+        state = Suspended(timeout_seconds=int(deadline_s) + 600, pause_key=f"responses-{rid}")
+        state.state_details.run_input_keyset = keyset = keyset_from_paused_state(state)
+        client.set_flow_run_state(run.id, state)
+    ResponsesReady.save(keyset, flow_run_id=run.id)
+    invites = {c: decode_invitation(live.store.read_bytes(layout.invitation(rid, c)), c) for c in clients}
+    return SimpleNamespace(id=rid, run_id=run.id, probe=probe, invites=invites, keyset=keyset)
+
+
+def state_of(r) -> str:
+    from prefect import get_client
+
+    with get_client(sync_client=True) as client:
+        return client.read_flow_run(r.run_id).state.name
+
+
+def resumed_because(r) -> str:
+    from flows.round_flow import ResponsesReady
+
+    return ResponsesReady.load(r.keyset, flow_run_id=r.run_id).reason
+
+
+def answer(live, r, client: str, value: float) -> bytes:
+    data = signed(r.id, client, [value] * K, live.keys[client])
+    transport.put(r.invites[client].response_url, data)
+    return data
+
+
+def collect(live, r, clients=CLIENTS) -> dict:
+    from tasks.responses import collect_responses
+
+    return collect_responses.fn(live.url, r.id, list(clients), 1, r.probe["deadline"], SIGMA, K, 0.05, False)
+
+
+def test_oversized_and_garbage_uploads_are_refused_and_the_watcher_goes_on(live, quiet_tasks):
+    from flows.watcher import Watcher
+
+    r = suspended_round(live)
+    transport.put(r.invites["client-0"].response_url, b"x" * (50 << 20))  # 50 MB at client-0's URL
+    transport.put(r.invites["client-1"].response_url, b"\x00garbage")
+    watcher = Watcher()
+    watcher.sweep()  # today: StoreError "larger than the 65536-byte limit" ended the watcher here
+    assert state_of(r) == "Suspended" and watcher.errors == {}
+    first = {c: answer(live, r, c, v) for c, v in (("client-0", 1.0), ("client-1", 2.0))}
+    assert [rid for rid, _ in watcher.sweep()] == [str(r.run_id)]
+    assert state_of(r) == "Resuming" and resumed_because(r) == "all 2 expected clients answered"
+    out = collect(live, r)
+    assert {c: a["scores"][0] for c, a in out["accepted"].items()} == {"client-0": 1.0, "client-1": 2.0}
+    assert all(live.store.read_bytes(layout.accepted(r.id, c)) == first[c] for c in CLIENTS)
+    reasons = [x["reason"] for x in out["rejected"]]
+    assert len(reasons) == 2 and any(f"{50 << 20} bytes, larger than" in x for x in reasons), reasons
+
+
+def test_the_first_valid_answer_is_never_replaced_and_each_version_is_ledgered_once(live, quiet_tasks):
+    from flows.watcher import Watcher
+
+    r = suspended_round(live)
+    honest = answer(live, r, "client-0", 1.0)
+    Watcher().sweep()  # the watcher sees the honest answer and keeps it
+    answer(live, r, "client-0", 9.0)  # a second, validly signed answer: refused, not used
+    Watcher().sweep()
+    transport.put(r.invites["client-0"].response_url, b"garbage after the answer")
+    Watcher().sweep()
+    answer(live, r, "client-1", 2.0)
+    Watcher().sweep()
+    out = collect(live, r)
+    assert out["accepted"]["client-0"]["scores"] == [1.0] * K
+    assert live.store.read_bytes(layout.accepted(r.id, "client-0")) == honest
+    ledger = live.store.read_json(layout.round_key(r.id, "ledger.json"))
+    verdicts = [(u["key"].rsplit("/", 1)[1], u["verdict"]) for u in ledger["uploads"]]
+    assert verdicts == [("client-0.json", "accepted"), ("client-0.json", "refused"), ("client-0.json", "refused"),
+                        ("client-1.json", "accepted")], verdicts  # fmt: skip
+    assert "duplicate upload from 'client-0' (differs from the accepted answer)" in ledger["rejected"][0]["reason"]
+    again = collect(live, r)  # a re-run of the finished round: nothing is judged twice, nothing new is refused
+    assert again["rejected"] == out["rejected"] and again["accepted"] == out["accepted"]
+
+
+def test_a_url_expires_at_the_deadline_itself_so_no_late_put_replaces_an_answer(live, quiet_tasks):
+    r = suspended_round(live, deadline_s=3)
+    deadline = datetime.fromisoformat(r.probe["deadline"])
+    assert deadline.microsecond == 0  # whole seconds, like the URLs' signing times
+    answer(live, r, "client-0", 1.0)
+    time.sleep(max(0.0, (deadline - datetime.now(timezone.utc)).total_seconds()) + 0.4)
+    with pytest.raises(transport.TransportError, match="deadline has passed"):
+        answer(live, r, "client-0", 9.0)  # today: still accepted at deadline + 0.4 s
+    out = collect(live, r)
+    assert out["accepted"]["client-0"]["scores"] == [1.0] * K and out["missing"] == ["client-1"]
+
+
+def test_an_s3_outage_is_ridden_out_and_the_round_resumes_after_it(live, quiet_tasks):
+    from flows import watcher as watcher_module
+
+    r = suspended_round(live)
+    answer(live, r, "client-0", 1.0)
+    watcher = watcher_module.Watcher()
+    services.stop("s3", live.cfg, quiet=True)
+    try:
+        watcher.sweep()  # today: the watcher exited here for good
+        assert any("store unavailable" in e for e in watcher.errors.values()), watcher.errors
+        assert state_of(r) == "Suspended"
+    finally:
+        services.start("s3", live.cfg)
+    answer(live, r, "client-1", 2.0)
+    start = time.monotonic()
+    while str(r.run_id) not in dict(watcher.sweep()) and time.monotonic() - start < 3 * watcher_module.MAX_BACKOFF_S:
+        time.sleep(0.5)  # the round waits out its backoff (≤ MAX_BACKOFF_S), the others are not slowed
+    assert state_of(r) == "Resuming" and watcher.errors == {}
+
+
+def test_a_broken_probe_resumes_its_own_round_and_the_others_go_on(live, quiet_tasks):
+    from flows.watcher import Watcher
+
+    broken, healthy = suspended_round(live), suspended_round(live)
+    live.store.write_npy(layout.probe_centroids(broken.id), np.zeros((K, FEATURE_DIM), "<f4"))  # changed after publish
+    for c, v in (("client-0", 1.0), ("client-1", 2.0)):
+        answer(live, healthy, c, v)
+    resumed = dict(Watcher().sweep())
+    assert set(resumed) == {str(broken.run_id), str(healthy.run_id)}
+    assert "its probe is unreadable" in resumed_because(broken)
+    assert resumed_because(healthy) == "all 2 expected clients answered"
+
+
+def test_the_watcher_process_is_supervised_and_ready_means_this_start(live):
+    cfg = live.cfg
+    rec = services.start("watcher", cfg)
+    try:
+        beat_file = services.watcher_heartbeat(cfg)
+        beat = json.loads(beat_file.read_text())
+        assert beat["ppid"] == rec.pid and beat["sweeps"] >= 1 and rec.ready_s > 0
+        os.kill(beat["pid"], signal.SIGKILL)  # the watcher dies; its supervisor starts another
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                again = json.loads(beat_file.read_text())
+                if again["pid"] != beat["pid"]:
+                    break
+            except (OSError, ValueError):
+                pass
+            time.sleep(0.5)
+        else:
+            pytest.fail("the killed watcher was not restarted within 60 s")
+        assert again["ppid"] == rec.pid and again["sweeps"] >= 1
+        assert "exited with -9" in services._log_file(cfg, "watcher").read_text()
+    finally:
+        services.stop("watcher", cfg, quiet=True)
+    # a restart is ready only when the new watcher has swept: the old heartbeat does not count
+    old = json.loads(beat_file.read_text())
+    rec2 = services.start("watcher", cfg)
+    try:
+        now = json.loads(beat_file.read_text())
+        assert now["ppid"] == rec2.pid != old["ppid"] and rec2.ready_s > 0.1
+    finally:
+        services.stop("watcher", cfg, quiet=True)
+
+
+def test_workers_and_the_watcher_never_use_another_installations_server(live, tmp_path):
+    """A second installation (own run dir, own S3 port) whose Prefect port is the first
+    one's: today `up worker` joined the first server and took its runs."""
+    environ = {k: v for k, v in os.environ.items() if not k.startswith(("ECOS_", "PREFECT_API_"))}
+    environ.update(ECOS_INFRA_DIR=str(tmp_path / "second"), ECOS_S3_PORT=str(_free_port()),
+                   ECOS_PREFECT_PORT=str(live.cfg.prefect_port))  # fmt: skip
+    second = services.Config.load(environ, dotenv=tmp_path / "no.env")
+    for name in ("worker", "watcher"):
+        with pytest.raises(services.ServiceError, match="not this installation's"):
+            services.start(name, second)
+        assert not services._service_running(second, name)
+    st = services.status(second, out=sys.stderr)
+    assert st["prefect"]["state"] == "stopped"
