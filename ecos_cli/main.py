@@ -100,10 +100,12 @@ def run(
 def _print_report(out: dict) -> None:
     import pandas as pd
 
-    from ecos_core.report import markdown_table
+    from ecos_core.report import markdown_table, summary
 
     columns = ["client_id", "method", "accuracy", "client_domain_share", "distractor_share", "epsilon", "bytes_down", "bytes_up"]
     results = pd.DataFrame(out["results"])[columns]  # the report has every column (times, epochs, loss)
+    eps = results.loc[results["method"] == "ecos", "epsilon"]
+    typer.echo("\n" + summary(results, float(eps.iloc[0]) if len(eps) else float("nan")))
     typer.echo("\nResults (client test accuracy, privacy ε, bytes to/from the client):\n")
     typer.echo(markdown_table(results))
     if out["domains"]:

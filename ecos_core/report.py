@@ -11,6 +11,31 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 METHOD_ORDER = ("ecos", "oracle", "random", "kcenter", "full", "local")
+METHODS = {  # what each row of a round's report is
+    "ecos": "ECOS: the client's noisy coverage scores (K scalars, ε-DP) choose the clusters, k-center picks inside them",
+    "oracle": "Oracle: the same rule on the client's exact counts, which needs its raw features "
+              "(d floats per sample uploaded, no privacy: ε = ∞); an upper bound only a simulation can compute",
+    "random": "Random: a uniform sample of the pool, blind to the client (ε = 0)",
+    "kcenter": "K-Center: the most diverse samples of the pool, blind to the client (ε = 0)",
+    "full": "Full: the whole pool",
+    "local": "Local: the client's own training data only (never leaves the device in reality)",
+}
+
+
+def summary(results: pd.DataFrame, epsilon: float) -> str:
+    """Two lines a person reads first: ECOS against Random and against the Oracle, mean
+    accuracy over the clients."""
+    acc = results.groupby("method")["accuracy"].mean() * 100
+    if "ecos" not in acc or pd.isna(acc["ecos"]):
+        return "Accuracy not measured here (real devices evaluate the model on their own test data)."
+    line = f"ECOS {acc['ecos']:.1f} %"
+    if "random" in acc:
+        line += f" vs Random {acc['random']:.1f} % ({acc['ecos'] - acc['random']:+.1f})"
+    line += f" at ε = {epsilon:.3f}"
+    if "oracle" in acc:
+        gap = acc["oracle"] - acc["ecos"]
+        line += f"; {abs(gap):.1f} {'below' if gap >= 0 else 'above'} the non-private Oracle"
+    return line + "."
 
 
 def markdown_table(frame: pd.DataFrame, floatfmt: str = ".3f") -> str:

@@ -42,6 +42,9 @@ class TrainConfig(BaseModel):
     devices: int | str = "auto"
     strategy: str = "auto"
     progress_bar: bool = False
+    # test on the simulated client's test split; False with real devices (their test data
+    # never leaves them: the model goes to the device, which can evaluate it there)
+    evaluate: bool = True
 
 
 class SmallCNN(nn.Module):

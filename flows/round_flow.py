@@ -14,18 +14,20 @@ from typing import Literal
 from prefect import flow
 from prefect.flow_runs import suspend_flow_run
 from prefect.input import RunInput
+from prefect.input.actions import read_flow_run_input
+from prefect.input.run_input import keyset_from_base_key
 from prefect.runtime import flow_run
 
 from ecos_core.config import RoundConfig
 from ecos_core.settings import Settings
-from ecos_core.timing import Stopwatch
 from flows.train_flow import train_flow, train_on_deployment
 from flows.index_flow import index_flow
 from tasks.probe import publish_probe
-from tasks.report import write_report
+from tasks.report import write_answers, write_report
 from tasks.responses import collect_responses
 from tasks.sampling import save_round_config, select_proxy_set
 from tasks.simulation import enroll_simulated_clients, launch_simulated_clients, oracle_counts
+from tasks.steps import StepLog
 from tasks.training import domain_local_accuracy
 
 
@@ -44,7 +46,30 @@ def round_id_of_run(flow_run_id: str) -> str:
     return f"run-{flow_run_id}"
 
 
-@flow(name="ecos-round", log_prints=True)
+def _run_name() -> str:
+    """Runs are named after their round in the UI, not with a random name."""
+    return f"round-{flow_run.parameters.get('round_id') or round_id_of_run(str(flow_run.id))}"
+
+
+def wait_for_responses(round_id: str, timeout_s: int) -> str:
+    """Suspend until the watcher resumes this run; a re-run of a run resumed before finds
+    the watcher's input and does not suspend (nor say it does) again."""
+    keyset = keyset_from_base_key(f"suspended-responses-{round_id}")  # what suspend_flow_run uses for this key
+    earlier = read_flow_run_input(keyset["response"], flow_run_id=flow_run.id)
+    if earlier is not None:
+        return ResponsesReady.model_validate(earlier).reason
+    return suspend_flow_run(wait_for_input=ResponsesReady, key=f"responses-{round_id}", timeout=timeout_s).reason
+
+
+def for_real_devices(cfg: RoundConfig) -> RoundConfig:
+    """Real devices keep their data: no Oracle (it needs their features), no Local (their
+    training data), no accuracy on their test data, and no built-in per-domain check."""
+    return cfg.model_copy(update={
+        "sampling": cfg.sampling.model_copy(update={"samplers": tuple(m for m in cfg.sampling.samplers if m != "oracle")}),
+        "train": cfg.train.model_copy(update={"evaluate": False}), "local_baseline": False, "domain_report": False})  # fmt: skip
+
+
+@flow(name="ecos-round", log_prints=True, flow_run_name=_run_name)
 def round_flow(
     cfg: RoundConfig = RoundConfig(),
     store_url: str | None = None,
@@ -61,11 +86,12 @@ def round_flow(
     settings = Settings()
     store_url, device_dir = store_url or settings.store, device_dir or settings.device_dir
     round_id = round_id or round_id_of_run(str(flow_run.id))
-    watch = Stopwatch()
+    cfg = cfg if simulate_clients else for_real_devices(cfg)
+    steps = StepLog(store_url, round_id)
     indexed = index_flow(cfg, store_url)
     feature_keys, index_key = indexed["features"]["keys"], indexed["index"]["key"]
-    watch.add("features", indexed["features"]["seconds"])
-    watch.lap("index", minus=indexed["features"]["seconds"])
+    steps.add("features", indexed["features"]["seconds"])
+    steps.lap("index", minus=indexed["features"]["seconds"])
 
     if simulate_clients:
         enroll_simulated_clients(store_url, list(cfg.clients), device_dir)
@@ -73,14 +99,14 @@ def round_flow(
                           cfg.deadline_s, list(cfg.clients), cfg.index.coverage)  # fmt: skip
     if simulate_clients:
         launch_simulated_clients(store_url, cfg, round_id, device_dir)
-    watch.lap("probe")
+    steps.lap("probe")
+    steps.mark("probe published")
     if wait == "suspend":
-        resumed = suspend_flow_run(wait_for_input=ResponsesReady, key=f"responses-{round_id}",
-                                   timeout=int(cfg.deadline_s) + 600)  # fmt: skip
-        print(f"round {round_id} resumed: {resumed.reason}")
+        print(f"round {round_id} resumed: {wait_for_responses(round_id, int(cfg.deadline_s) + 600)}")
     responses = collect_responses(store_url, round_id, list(cfg.clients), cfg.quorum, probe["deadline"], cfg.sigma,
                                   probe["k"], cfg.poll_s, wait == "poll")  # fmt: skip
-    watch.lap("wait for responses")
+    steps.lap("wait for responses", since_mark="probe published")
+    write_answers(store_url, round_id, list(cfg.clients), responses)
 
     save_round_config(store_url, round_id, cfg)
     selections = []
@@ -90,16 +116,16 @@ def round_flow(
             picked = select_proxy_set(store_url, cfg, feature_keys, index_key, round_id, client_id, method,
                                       answer["scores"], exact)  # fmt: skip
             selections.append({**picked, "client_id": client_id})
-    watch.lap("sampling")
+    steps.lap("sampling")
     local_clients = list(responses["accepted"]) if cfg.local_baseline else []
     if train_deployment:  # e.g. on the GPU pool
         runs = train_on_deployment(train_deployment, cfg, round_id, selections, local_clients, store_url)
     else:
         runs = train_flow(cfg, round_id, selections, local_clients, store_url)
-    watch.lap("training")
+    steps.lap("training")
     # every built-in domain trained alone; an ingested pool has no such split
     domain_rows = domain_local_accuracy(store_url, cfg) if cfg.domain_report and not cfg.data.pool else []
-    watch.lap("domain check")
+    steps.lap("domain check")
 
-    return write_report(store_url, cfg, round_id, runs, selections, probe, responses, watch.laps, domain_rows,
-                        indexed["features"]["cache_hits"])  # fmt: skip
+    return write_report(store_url, cfg, round_id, runs, selections, probe, responses, steps.steps, domain_rows,
+                        indexed["features"]["cache_hits"], simulate_clients, device_dir)  # fmt: skip

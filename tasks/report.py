@@ -3,6 +3,9 @@ and as Prefect artifacts."""
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import pandas as pd
 from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
@@ -11,13 +14,15 @@ from ecos_core import layout
 from ecos_core.config import RoundConfig
 from ecos_core.data.builtin import DISTRACTOR_DOMAINS
 from ecos_core.privacy import gaussian_epsilon
-from ecos_core.report import domain_mix, markdown_table, results_plot
+from ecos_core.ledger import PrivacyLedger
+from ecos_core.report import METHODS, domain_mix, markdown_table, results_plot, summary
 from tasks import catalog
 from tasks.common import STORAGE_RETRIES
 from tasks.simulation import client_shard
 
-COLUMNS = ["client_id", "method", "accuracy", "proxy_size", "unspent", "client_domain_share", "distractor_share", "epsilon",
-           "bytes_down", "bytes_up", "select_s", "train_s", "epochs", "final_loss"]  # fmt: skip
+# the results table stays readable at a laptop's width: what people compare first, then the costs
+COLUMNS = ["client_id", "method", "accuracy", "epsilon", "proxy_size", "client_domain_share", "distractor_share"]
+COST_COLUMNS = ["client_id", "method", "unspent", "bytes_down", "bytes_up", "select_s", "train_s", "epochs", "final_loss"]
 
 
 def results_frame(cfg: RoundConfig, runs: list[dict], selections: list[dict], probe: dict, responses: dict) -> pd.DataFrame:
@@ -40,42 +45,102 @@ def results_frame(cfg: RoundConfig, runs: list[dict], selections: list[dict], pr
                      "client_domain_share": float((domains == cfg.data.client_domain).mean()),
                      "distractor_share": float(domains.isin(DISTRACTOR_DOMAINS).mean()),
                      "select_s": select_s.get((client, method), 0.0), "unspent": unspent.get((client, method), 0)})  # fmt: skip
-    return pd.DataFrame(rows)[COLUMNS]
+    return pd.DataFrame(rows)[list(dict.fromkeys(COLUMNS + COST_COLUMNS))]
+
+
+def artifact_key(round_id: str, what: str) -> str:
+    """Artifacts keyed by round (Prefect keys: lowercase letters, digits, dashes)."""
+    return re.sub(r"[^a-z0-9-]+", "-", f"ecos-{round_id}-{what}".lower())
+
+
+def answers_frame(clients: list[str], responses: dict) -> pd.DataFrame:
+    """client → accepted / refused (reason) / late / missing, and uploads that named no client."""
+    refused: dict[str, list[str]] = {}
+    for r in responses["rejected"]:
+        refused.setdefault(r["key"].rsplit("/", 1)[-1].removesuffix(".json"), []).append(r["reason"])
+    rows = []
+    for c in clients:
+        if c in responses["accepted"]:
+            status, detail = "accepted", f"{responses['accepted'][c].get('bytes', 0)} bytes"
+        elif c in refused:
+            late = all("after the deadline" in r for r in refused[c])
+            status, detail = ("late" if late else "refused"), refused[c][-1]
+        else:
+            status, detail = "missing", "no upload by the deadline"
+        rows.append({"client_id": c, "status": status, "refused_uploads": len(refused.get(c, [])), "detail": detail})
+    rows += [{"client_id": f"(not a client: {name})", "status": "refused", "refused_uploads": len(reasons),
+              "detail": reasons[-1]} for name, reasons in refused.items() if name not in clients]  # fmt: skip
+    return pd.DataFrame(rows, columns=["client_id", "status", "refused_uploads", "detail"])
+
+
+@task(name="write-answers", **STORAGE_RETRIES)
+def write_answers(store_url: str, round_id: str, clients: list[str], responses: dict) -> list[dict]:
+    """Who answered, as a table artifact (the operator need not read ledger.json)."""
+    table = answers_frame(clients, responses)
+    catalog.store(store_url).write_bytes(layout.round_key(round_id, "answers.md"), markdown_table(table).encode())
+    create_table_artifact(table.to_dict(orient="records"), key=artifact_key(round_id, "answers"),
+                          description=f"ECOS round {round_id}: who answered")  # fmt: skip
+    return table.to_dict(orient="records")
+
+
+def device_epsilons(cfg: RoundConfig, device_dir: str) -> pd.DataFrame:
+    """Each simulated device's cumulative ε from its own privacy ledger."""
+    rows = []
+    for c in cfg.clients:
+        ledger = PrivacyLedger(Path(device_dir) / c / "ledger.json")
+        rows.append({"client_id": c, "rounds_answered": len(ledger.entries()), "epsilon_spent": ledger.spent(cfg.delta)})
+    return pd.DataFrame(rows)
 
 
 @task(name="write-report", **STORAGE_RETRIES)
 def write_report(
     store_url: str, cfg: RoundConfig, round_id: str, runs: list[dict], selections: list[dict], probe: dict,
-    responses: dict, steps: dict[str, float], domain_rows: list[dict], cache_hits: list[str],
+    responses: dict, steps: dict[str, float], domain_rows: list[dict], cache_hits: list[str], simulated: bool = True,
+    device_dir: str | None = None,
 ) -> dict:  # fmt: skip
     store = catalog.store(store_url)
     results = results_frame(cfg, runs, selections, probe, responses)
+    if not simulated:  # the domain it was simulated with says nothing of a real device's data
+        results["client_domain_share"] = float("nan")
     mix = domain_mix({r["method"]: r["domains"] for r in runs if r["client_id"] == cfg.clients[0]})
     step_table = pd.DataFrame({"step": list(steps), "seconds": list(steps.values())})
     domains = pd.DataFrame(domain_rows)
+    eps = gaussian_epsilon(cfg.sigma, cfg.delta)
+    mode = (f"**Simulation**: {len(cfg.clients)} simulated device(s) holding {cfg.data.client_domain} data "
+            f"({cfg.data.regime}); accuracy is on their test split." if simulated else
+            f"**Real devices** ({len(cfg.clients)} invited): their data never leaves them, so there is no Oracle, no "
+            "Local and no accuracy here; each device evaluates the model it receives.")  # fmt: skip
     md = "\n\n".join([
         f"# ECOS round `{round_id}`",
-        f"Client domain **{cfg.data.client_domain}** ({cfg.data.regime}), budget {cfg.sampling.budget}, K={cfg.index.k}, "
-        f"σ={cfg.sigma} → ε={gaussian_epsilon(cfg.sigma, cfg.delta):.3f} at δ={cfg.delta:g} (dp-accounting PLD), seed {cfg.seed}.",
-        f"Feature cache: {'hit for ' + ', '.join(cache_hits) if cache_hits else 'all computed'}.",
-        "## Results (client test accuracy)", markdown_table(results),
+        summary(results, eps) + f"  \n{len(responses['accepted'])} of {len(cfg.clients)} client(s) answered; budget "
+        f"{cfg.sampling.budget} images, K={cfg.index.k}, σ={cfg.sigma} → ε={eps:.3f} at δ={cfg.delta:g} "
+        "(dp-accounting PLD), seed " + str(cfg.seed) + ".",
+        mode,
+        "## Results", markdown_table(results[COLUMNS]),
+        "What each method is:\n" + "\n".join(f"- {METHODS[m]}" for m in dict.fromkeys(results["method"]) if m in METHODS),
+        "## Cost of each method (bytes between cloud and device, seconds)", markdown_table(results[COST_COLUMNS]),
+        "## Who answered", markdown_table(answers_frame(list(cfg.clients), responses)),
+        *(["## Privacy spent by each device (its own ledger, all rounds so far)",
+           markdown_table(device_epsilons(cfg, device_dir))] if simulated and device_dir else []),
         "## Domain mix of each proxy set", markdown_table(mix.reset_index(names="method")),
         "## Every domain alone (Local: its own train part → its test part)",
         markdown_table(domains) if not domains.empty else "(not computed)",
         "## Time per step (s)", markdown_table(step_table, ".1f"),
+        f"Feature cache: {'hit for ' + ', '.join(cache_hits) if cache_hits else 'all computed'}.",
         "![results](results.png)",
     ])  # fmt: skip
     keys = {"results_csv": "results.csv", "results_md": "results.md", "report": "report.md", "plot": "results.png"}
     store.write_bytes(layout.round_key(round_id, keys["results_csv"]), results.to_csv(index=False).encode())
     store.write_bytes(layout.round_key(round_id, keys["results_md"]), markdown_table(results).encode())
     store.write_bytes(layout.round_key(round_id, keys["report"]), md.encode())
-    store.write_bytes(layout.round_key(round_id, keys["plot"]),
-                      results_plot(results, mix, f"round {round_id}: client {cfg.data.client_domain}"))  # fmt: skip
-    manifest = {"round_id": round_id, "config": cfg.model_dump(mode="json"),
+    title = (f"round {round_id}: client {cfg.data.client_domain if simulated else '(real devices)'}, "
+             f"budget {cfg.sampling.budget}, σ={cfg.sigma:g} → ε={eps:.3f}")  # fmt: skip
+    store.write_bytes(layout.round_key(round_id, keys["plot"]), results_plot(results, mix, title))
+    manifest = {"round_id": round_id, "config": cfg.model_dump(mode="json"), "simulated": simulated,
                 "artifacts": {n: store.uri(layout.round_key(round_id, k)) for n, k in keys.items()}}  # fmt: skip
     store.write_json(layout.round_key(round_id, "manifest.json"), manifest)
-    create_table_artifact(results.round(4).replace({float("inf"): "inf"}).to_dict(orient="records"), key="ecos-round-results",
-                          description=f"ECOS round {round_id}: results per client and method")  # fmt: skip
-    create_markdown_artifact(md, key="ecos-round-report", description=f"ECOS round {round_id}")
+    records = results[COLUMNS].round(4).replace({float("inf"): "inf"}).to_dict(orient="records")
+    create_table_artifact(records, key=artifact_key(round_id, "results"), description=f"ECOS round {round_id}: results")
+    create_markdown_artifact(md, key=artifact_key(round_id, "report"), description=f"ECOS round {round_id}")
     return {"results": results.to_dict(orient="records"), "steps": steps, "domains": domain_rows,
             "report_uri": store.uri(layout.round_key(round_id, keys["report"])), "manifest": manifest}  # fmt: skip

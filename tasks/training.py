@@ -21,9 +21,9 @@ from tasks.common import STORAGE_RETRIES
 from tasks.simulation import client_shard
 
 
-def _fit(train: ImageSet, test: ImageSet, cfg: RoundConfig) -> tuple[dict, dict]:
+def _fit(train: ImageSet, test: ImageSet | None, cfg: RoundConfig) -> tuple[dict, dict]:
     result = train_classifier(train, cfg.train, cfg.seed)
-    row = {"accuracy": accuracy(result.model, test), "epochs": result.epochs, "steps": result.steps,
+    row = {"accuracy": accuracy(result.model, test) if cfg.train.evaluate else float("nan"), "epochs": result.epochs, "steps": result.steps,
            "final_loss": result.final_loss, "train_s": result.seconds, "proxy_size": len(train)}  # fmt: skip
     return row, result.model.net.state_dict()
 
@@ -48,7 +48,8 @@ def train_once(store_url: str, cfg: RoundConfig, round_id: str, client_id: str, 
                "final_loss": float("nan"), "train_s": 0.0, "proxy_size": 0, "domains": [], "model_key": None}  # fmt: skip
         store.write_json(row_key, row)
         return row
-    row, state = _fit(train, catalog.client_split(cfg.data, cfg.seed)[1], cfg)
+    test = catalog.client_split(cfg.data, cfg.seed)[1] if cfg.train.evaluate else None
+    row, state = _fit(train, test, cfg)
     row = {"method": method, "client_id": client_id, **row, "domains": train.domains.tolist(),
            "model_key": _save_model(store_url, round_id, client_id, method, state)}  # fmt: skip
     store.write_json(row_key, row)  # last: marks this model done

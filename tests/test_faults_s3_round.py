@@ -155,6 +155,26 @@ def test_client_that_never_answers_quorum_not_met(round1, store_url, devices, en
 
 
 
+def test_a_round_with_real_devices_shows_only_rows_it_can_honestly_compute(round1, store_url, enrollments):
+    """Real devices keep their data: no Oracle, no Local, no accuracy on a test split the
+    cloud does not have; the report says it is not a simulation and who answered."""
+    from flows.round_flow import round_flow
+
+    rid = "f-round-real"
+    store = catalog.store(store_url)
+    for i, c in enumerate(CLIENTS):
+        store.write_bytes(layout.response(rid, c), signed(rid, c, [3.0 + i] * K, enrollments[c].key_b64))
+    cfg = ROUND.model_copy(update={"local_baseline": True, "domain_report": True,
+                                   "sampling": ROUND.sampling.model_copy(update={"samplers": ("ecos", "oracle", "random")})})
+    out = round_flow(cfg, store_url, rid, False, None, "poll")
+    methods = {(r["client_id"], r["method"]) for r in out["results"]}
+    assert methods == {(c, m) for c in CLIENTS for m in ("ecos", "random")}, methods
+    assert all(r["accuracy"] != r["accuracy"] for r in out["results"])  # NaN: not measured in the cloud
+    report = store.read_bytes(layout.round_key(rid, "report.md")).decode()
+    assert "**Real devices** (2 invited)" in report and "Accuracy not measured here" in report
+    assert "## Who answered" in report and out["domains"] == [] and out["manifest"]["simulated"] is False
+
+
 # ---------------------------------------------------------------- 6: training killed midway
 _TRAIN_SCRIPT = """
 import json, sys

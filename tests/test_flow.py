@@ -4,6 +4,7 @@ with a real client process answering through the store."""
 from __future__ import annotations
 
 import json
+import re
 
 import pandas as pd
 import pytest
@@ -54,6 +55,12 @@ def test_round_runs_end_to_end(first_round, store_url):
         assert store.exists(layout.round_key("t-round-1", name)), name
     ledger = store.read_json(layout.round_key("t-round-1", "ledger.json"))
     assert list(ledger["accepted"]) == ["client-0"] and ledger["rejected"] == []
+    report = store.read_bytes(layout.round_key("t-round-1", "report.md")).decode().splitlines()
+    assert re.fullmatch(r"ECOS \d+\.\d % vs Random \d+\.\d % \([+-]\d+\.\d\) at ε = 0\.\d{3}; \d+\.\d (below|above) the "
+                        r"non-private Oracle\.  ", report[2]), report[2]  # the first thing a person reads
+    text = "\n".join(report)
+    assert "**Simulation**" in text and "| client-0    | accepted |" in text and "Oracle: the same rule" in text
+    assert "## Privacy spent by each device" in text
     assert len(first_round["domains"]) == len(TINY.data.domains)
 
 
