@@ -67,3 +67,6 @@ def verdict(round_id: str, digest: str) -> str:
 
 def training_row(round_id: str, client_id: str, method: str) -> str:
     return round_key(round_id, f"training/{client_id}/{method}.json")
+
+
+WATCHER_HEARTBEAT = "watcher/heartbeat.json"  # the watcher's last sweep, for rounds about to suspend

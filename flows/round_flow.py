@@ -23,7 +23,7 @@ from ecos_core.settings import Settings
 from flows.train_flow import train_flow, train_on_deployment
 from flows.index_flow import index_flow
 from tasks.probe import publish_probe
-from tasks.report import write_answers, write_report
+from tasks.report import warn_if_no_watcher, write_answers, write_report
 from tasks.responses import collect_responses
 from tasks.sampling import save_round_config, select_proxy_set
 from tasks.simulation import enroll_simulated_clients, launch_simulated_clients, oracle_counts
@@ -51,13 +51,14 @@ def _run_name() -> str:
     return f"round-{flow_run.parameters.get('round_id') or round_id_of_run(str(flow_run.id))}"
 
 
-def wait_for_responses(round_id: str, timeout_s: int) -> str:
+def wait_for_responses(store_url: str, round_id: str, timeout_s: int) -> str:
     """Suspend until the watcher resumes this run; a re-run of a run resumed before finds
     the watcher's input and does not suspend (nor say it does) again."""
     keyset = keyset_from_base_key(f"suspended-responses-{round_id}")  # what suspend_flow_run uses for this key
     earlier = read_flow_run_input(keyset["response"], flow_run_id=flow_run.id)
     if earlier is not None:
         return ResponsesReady.model_validate(earlier).reason
+    warn_if_no_watcher(store_url, round_id, timeout_s)
     return suspend_flow_run(wait_for_input=ResponsesReady, key=f"responses-{round_id}", timeout=timeout_s).reason
 
 
@@ -102,7 +103,7 @@ def round_flow(
     steps.lap("probe")
     steps.mark("probe published")
     if wait == "suspend":
-        print(f"round {round_id} resumed: {wait_for_responses(round_id, int(cfg.deadline_s) + 600)}")
+        print(f"round {round_id} resumed: {wait_for_responses(store_url, round_id, int(cfg.deadline_s) + 600)}")
     responses = collect_responses(store_url, round_id, list(cfg.clients), cfg.quorum, probe["deadline"], cfg.sigma,
                                   probe["k"], cfg.poll_s, wait == "poll")  # fmt: skip
     steps.lap("wait for responses", since_mark="probe published")

@@ -31,6 +31,7 @@ from prefect.client.schemas.filters import (
 )
 from prefect.client.schemas.objects import FlowRun, StateType
 from prefect.flow_runs import resume_flow_run
+from prefect.states import Scheduled
 
 from ecos_core import layout
 from ecos_core.config import RoundConfig
@@ -41,6 +42,7 @@ from tasks import catalog
 from tasks.uploads import RoundTerms, answered, judge_new_uploads
 
 MAX_BACKOFF_S = 10.0
+MAX_CRASH_RETRIES = 3  # a round that crashed this often is left for a person (a crash loop is a bug)
 
 
 def log(message: str) -> None:
@@ -52,12 +54,27 @@ def one_line(err: BaseException) -> str:
     return f"{type(err).__name__}: {text[0] if text else ''}"
 
 
-def suspended_rounds() -> list[FlowRun]:
+def rounds_in(state: StateType) -> list[FlowRun]:
     with get_client(sync_client=True) as client:
         return client.read_flow_runs(
             flow_filter=FlowFilter(name=FlowFilterName(any_=["ecos-round"])),
-            flow_run_filter=FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.PAUSED]))),
+            flow_run_filter=FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[state]))),
         )
+
+
+def suspended_rounds() -> list[FlowRun]:
+    return rounds_in(StateType.PAUSED)
+
+
+def retry_crashed(run: FlowRun) -> str | None:
+    """A round whose process died (a worker SIGKILLed mid-training, the machine rebooted)
+    is scheduled again: the re-run finds its finished steps in the store and goes on."""
+    with get_client(sync_client=True) as client:
+        crashes = sum(s.type == StateType.CRASHED for s in client.read_flow_run_states(run.id))
+        if crashes > MAX_CRASH_RETRIES:
+            return None
+        client.set_flow_run_state(run.id, Scheduled(name="AwaitingRetry"), force=True)
+    return f"crashed ({crashes} of {MAX_CRASH_RETRIES + 1} times allowed); scheduled again"
 
 
 def round_of(run: FlowRun) -> tuple[str, RoundConfig, str]:
@@ -89,6 +106,12 @@ def tend(run: FlowRun) -> str | None:
     return None
 
 
+def resume_if_ready(run: FlowRun) -> str | None:
+    if reason := tend(run):
+        resume_flow_run(run.id, run_input={"reason": reason})
+    return reason
+
+
 class Watcher:
     """One sweep at a time; a round that fails is retried after a backoff of its own, so
     it never slows the others."""
@@ -107,38 +130,55 @@ class Watcher:
             self._error("prefect", f"Prefect API: {one_line(err)}")
             runs = []
         for run in runs:
-            key = str(run.id)
-            if self.retry_at.get(key, (0.0, 0.0))[0] > time.monotonic():
-                continue
-            try:
-                reason = tend(run)
-                if reason:
-                    resume_flow_run(run.id, run_input={"reason": reason})
-                    resumed.append((key, reason))
-                    log(f"resumed flow run {key} ({run.name}): {reason}")
-                self.retry_at.pop(key, None)
-                self.errors.pop(key, None)
-            except Exception as err:  # noqa: BLE001 - one round's trouble never stops the others
-                backoff = min(2 * self.retry_at.get(key, (0.0, 0.5))[1], MAX_BACKOFF_S)
-                self.retry_at[key] = (time.monotonic() + backoff, backoff)
-                self._error(key, f"flow run {key} ({run.name}): {one_line(err)}; retrying in {backoff:g} s")
+            if reason := self._handle(run, resume_if_ready):
+                resumed.append((str(run.id), reason))
+                log(f"resumed flow run {run.id} ({run.name}): {reason}")
+        try:
+            crashed = rounds_in(StateType.CRASHED)
+        except Exception:  # noqa: BLE001 - reported above when the API is down
+            crashed = []
+        for run in crashed:
+            if reason := self._handle(run, retry_crashed):
+                log(f"flow run {run.id} ({run.name}) {reason}")
         self.sweeps += 1
-        self._beat()
+        self._beat({Settings().store, *(str(r.parameters["store_url"]) for r in runs if r.parameters.get("store_url"))})
         return resumed
+
+    def _handle(self, run: FlowRun, step) -> str | None:  # noqa: ANN001 - tend or retry_crashed
+        """step(run), isolated: its failure is logged and retried after a backoff of this run's own."""
+        key = str(run.id)
+        if self.retry_at.get(key, (0.0, 0.0))[0] > time.monotonic():
+            return None
+        try:
+            reason = step(run)
+        except Exception as err:  # noqa: BLE001 - one round's trouble never stops the others
+            backoff = min(2 * self.retry_at.get(key, (0.0, 0.5))[1], MAX_BACKOFF_S)
+            self.retry_at[key] = (time.monotonic() + backoff, backoff)
+            self._error(key, f"flow run {key} ({run.name}): {one_line(err)}; retrying in {backoff:g} s")
+            return None
+        self.retry_at.pop(key, None)
+        self.errors.pop(key, None)
+        return reason
 
     def _error(self, key: str, message: str) -> None:
         if self.errors.get(key, "").split("; retrying")[0] != message.split("; retrying")[0]:
             log(f"error: {message}")  # once per distinct error, not once per sweep
         self.errors[key] = message
 
-    def _beat(self) -> None:
-        if self.heartbeat is None:
-            return
+    def _beat(self, stores: set[str]) -> None:
+        """The heartbeat: in a local file for infra, and in each store for its rounds (a
+        round about to suspend warns when no watcher has swept lately)."""
         doc = {"pid": os.getpid(), "ppid": os.getppid(), "started_at": self.started.isoformat(), "sweeps": self.sweeps,
                "last_sweep_at": datetime.now(timezone.utc).isoformat(), "errors": sorted(self.errors.values())}  # fmt: skip
-        tmp = self.heartbeat.with_name(f".{self.heartbeat.name}.{os.getpid()}")
-        tmp.write_text(json.dumps(doc, indent=1))
-        os.replace(tmp, self.heartbeat)  # readers never see half a file
+        for url in stores:
+            try:
+                catalog.store(url).write_json(layout.WATCHER_HEARTBEAT, doc)
+            except Exception:  # noqa: BLE001 - an unreachable store is already in the errors
+                pass
+        if self.heartbeat is not None:
+            tmp = self.heartbeat.with_name(f".{self.heartbeat.name}.{os.getpid()}")
+            tmp.write_text(json.dumps(doc, indent=1))
+            os.replace(tmp, self.heartbeat)  # readers never see half a file
 
 
 def watch(interval_s: float = 2.0, once: bool = False, heartbeat: Path | None = None) -> None:

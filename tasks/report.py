@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 
 import pandas as pd
-from prefect import task
+from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from ecos_core import layout
@@ -19,6 +19,7 @@ from ecos_core.report import METHODS, domain_mix, markdown_table, results_plot, 
 from tasks import catalog
 from tasks.common import STORAGE_RETRIES
 from tasks.simulation import client_shard
+from tasks.uploads import watcher_silence
 
 # the results table stays readable at a laptop's width: what people compare first, then the costs
 COLUMNS = ["client_id", "method", "accuracy", "epsilon", "proxy_size", "client_domain_share", "distractor_share"]
@@ -81,6 +82,18 @@ def write_answers(store_url: str, round_id: str, clients: list[str], responses: 
     create_table_artifact(table.to_dict(orient="records"), key=artifact_key(round_id, "answers"),
                           description=f"ECOS round {round_id}: who answered")  # fmt: skip
     return table.to_dict(orient="records")
+
+
+@task(name="check-watcher")
+def warn_if_no_watcher(store_url: str, round_id: str, timeout_s: int) -> str | None:
+    """Say, in the log and in the UI, when no watcher is there to resume this round."""
+    why = watcher_silence(catalog.store(store_url))
+    if why:
+        text = (f"Round {round_id} suspends to wait for its clients, but {why}: nothing will resume it before its "
+                f"suspension times out ({timeout_s} s). Start one: `ecos infra up watcher`.")  # fmt: skip
+        get_run_logger().warning(text)
+        create_markdown_artifact(f"**Waiting without a watcher.** {text}", key=artifact_key(round_id, "waiting"))
+    return why
 
 
 def device_epsilons(cfg: RoundConfig, device_dir: str) -> pd.DataFrame:

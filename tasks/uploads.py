@@ -125,3 +125,13 @@ def accepted_answers(store: Store, terms: RoundTerms) -> dict[str, Response]:
             out[client_id] = check_upload(store, layout.response(terms.round_id, client_id),
                                           store.read_bytes(copy, MAX_RESPONSE_BYTES), terms)  # fmt: skip
     return out
+
+
+def watcher_silence(store: Store, max_age_s: float = 30.0) -> str | None:
+    """Why no watcher will resume a round suspended now, or None when one swept lately."""
+    try:
+        beat = store.read_json(layout.WATCHER_HEARTBEAT, 1 << 16)
+    except FileNotFoundError:
+        return "no watcher has ever swept this store"
+    age = (datetime.now(timezone.utc) - datetime.fromisoformat(beat["last_sweep_at"])).total_seconds()
+    return f"the watcher last swept {age:.0f} s ago" if age > max_age_s else None

@@ -57,6 +57,7 @@ def live(tmp_path_factory):
             mp.setenv(k, v)
         catalog.store.cache_clear()
         url = f"s3://{cfg.s3_bucket}/watch-{uuid.uuid4().hex[:8]}"
+        mp.setenv("ECOS_STORE", url)  # the watcher's own store (its heartbeat goes there too)
         store = catalog.store(url)
         keys = {c: enroll(store, c).key_b64 for c in CLIENTS}
         store.write_npy(layout.index_part("fake-index", "centroids.npy"),
@@ -208,6 +209,36 @@ def test_a_broken_probe_resumes_its_own_round_and_the_others_go_on(live, quiet_t
     assert set(resumed) == {str(broken.run_id), str(healthy.run_id)}
     assert "its probe is unreadable" in resumed_because(broken)
     assert resumed_because(healthy) == "all 2 expected clients answered"
+
+
+def test_a_crashed_round_is_scheduled_again_and_a_crash_loop_is_left_alone(live):
+    """A worker SIGKILLed mid-training leaves the run Crashed: the watcher schedules it
+    again (its finished steps are in the store), at most MAX_CRASH_RETRIES times."""
+    from prefect import get_client
+    from prefect.states import Crashed, Running
+
+    from flows.watcher import MAX_CRASH_RETRIES, Watcher
+
+    with get_client(sync_client=True) as client:
+        run = client.create_flow_run_from_deployment(live.deployment, parameters={"round_id": f"w-crash-{uuid.uuid4().hex[:6]}"})
+        for attempt in range(MAX_CRASH_RETRIES + 1):
+            client.set_flow_run_state(run.id, Running(), force=True)
+            client.set_flow_run_state(run.id, Crashed(message="worker killed"), force=True)
+            Watcher().sweep()
+            expected = "AwaitingRetry" if attempt < MAX_CRASH_RETRIES else "Crashed"
+            assert client.read_flow_run(run.id).state.name == expected, attempt
+
+
+def test_the_watcher_leaves_a_heartbeat_in_the_store_and_a_round_warns_without_one(live, tmp_path):
+    from flows.watcher import Watcher
+    from ecos_core.store import Store
+    from tasks.uploads import watcher_silence
+
+    assert watcher_silence(Store(str(tmp_path / "fresh"))) == "no watcher has ever swept this store"
+    Watcher().sweep()
+    assert watcher_silence(live.store) is None
+    time.sleep(1.1)
+    assert watcher_silence(live.store, max_age_s=1.0).startswith("the watcher last swept")
 
 
 def test_the_watcher_process_is_supervised_and_ready_means_this_start(live):
