@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-import numpy as np
 import typer
 
 # Before Prefect is imported anywhere: no telemetry from the embedded (serverless) mode.
@@ -43,10 +42,18 @@ app.add_typer(labels_app, name="labels")
 StoreOpt = typer.Option(None, "--store", help="Artifact store URL (folder or s3://bucket/prefix). Default: $ECOS_STORE or ./ecos-store.")
 
 
+FLAGS = {"data.client_domain": "--client-domain", "data.regime": "--regime", "sampling.budget": "--budget", "index.k": "--k",
+         "sigma": "--sigma", "seed": "--seed", "clients": "--clients", "data.pool": "--pool", "data.client": "--client-data",
+         "dask.address": "--dask-address", "dask.workers": "--workers"}  # fmt: skip
+
+
 def _round_config(config: Optional[Path], overrides: dict):  # noqa: ANN202
+    """The file's settings, then the flags given; errors name the flag or the file and key."""
+    from ecos_cli.config_errors import read_config_file, validate
     from ecos_core.config import RoundConfig
 
-    base = json.loads(config.read_text()) if config else {}
+    base = read_config_file(config) if config else {}
+    given = {}
     for dotted, value in overrides.items():
         if value is None:
             continue
@@ -55,13 +62,27 @@ def _round_config(config: Optional[Path], overrides: dict):  # noqa: ANN202
         for p in parents:
             node = node.setdefault(p, {})
         node[leaf] = value
-    return RoundConfig.model_validate(base)
+        given[dotted] = FLAGS.get(dotted, dotted)
+    return validate(RoundConfig, base, given, f"--config {config}" if config else "the flags")
 
 
 def _store_url(store: Optional[str]) -> str:
     from ecos_core.settings import Settings
 
     return store or Settings().store
+
+
+def _open_store(store: Optional[str], check: bool = False):  # noqa: ANN202
+    """The store, without the pipeline's heavy imports; check=True fails at once, in one
+    line, when it cannot be written (before Prefect and the data load start)."""
+    from ecos_core.settings import Settings
+    from ecos_core.store import Store
+
+    url = _store_url(store)
+    opened = Store(url, Settings().storage_options(url))
+    if check:
+        opened.check()
+    return opened
 
 
 @app.command()
@@ -86,14 +107,30 @@ def run(
     prints ECOS vs Random, K-Center, Oracle and Local, and writes the report to the store."""
     cfg = _round_config(config, {"data.client_domain": client_domain, "data.regime": regime, "sampling.budget": budget,
                                  "index.k": k, "sigma": sigma, "seed": seed,
-                                 "clients": [f"client-{i}" for i in range(clients)] if clients else None,
+                                 "clients": [f"client-{i}" for i in range(clients)] if clients is not None else None,
                                  "data.pool": pool, "data.client": client_data, "dask.address": dask_address,
                                  "dask.workers": workers})  # fmt: skip
+    opened = _open_store(store, check=True)  # before the heavy imports: a bad store fails at once
+    from ecos_cli.interrupt import stop_cleanly
+    from ecos_core import layout
     from ecos_core.settings import Settings
     from flows.round_flow import new_round_id, round_flow
 
-    url = _store_url(store)
-    out = round_flow(cfg, url, round_id or new_round_id(), True, Settings().device_dir)
+    round_id = round_id or new_round_id()
+    marker = layout.round_key(round_id, "INTERRUPTED.json")
+    args = sys.argv[1:]
+    kept = [a for i, a in enumerate(args) if not a.startswith("--round-id") and (i == 0 or args[i - 1] != "--round-id")]
+    again = " ".join([*kept, "--round-id", round_id])
+
+    def interrupted() -> str:
+        from datetime import datetime, timezone
+
+        opened.write_json(marker, {"interrupted_at": datetime.now(timezone.utc).isoformat(), "resume": f"ecos {again}"})
+        return f"interrupted: round {round_id} stopped; its finished steps are kept. Resume it with: ecos {again}"
+
+    with stop_cleanly(interrupted):
+        out = round_flow(cfg, opened.url, round_id, True, Settings().device_dir)
+    opened.delete(marker)  # a resumed round that finished is no longer interrupted
     _print_report(out)
 
 
@@ -126,10 +163,11 @@ def index(
     workers: Optional[int] = WorkersOpt,
 ) -> None:
     """Run only the index flow: pool features (cached by content) and faiss KMeans."""
+    cfg = _round_config(config, {"data.pool": pool, "index.k": k, "dask.address": dask_address, "dask.workers": workers})
+    url = _open_store(store, check=True).url  # before the heavy imports: a bad store fails at once
     from flows.index_flow import index_flow
 
-    cfg = _round_config(config, {"data.pool": pool, "index.k": k, "dask.address": dask_address, "dask.workers": workers})
-    out = index_flow(cfg, _store_url(store))
+    out = index_flow(cfg, url)
     typer.echo(json.dumps(out["index"], indent=1))
 
 
@@ -196,9 +234,8 @@ def clients_invitation(
     import time
 
     from ecos_core import layout
-    from tasks.catalog import store as open_store
 
-    st, key, end = open_store(_store_url(store)), layout.invitation(round_id, client_id), time.monotonic() + wait
+    st, key, end = _open_store(store), layout.invitation(round_id, client_id), time.monotonic() + wait
     while not st.exists(key):
         if time.monotonic() >= end:
             raise FileNotFoundError(f"{st.uri(key)}: no invitation (is the round published, the client invited?)")
@@ -218,9 +255,8 @@ def clients_enroll(
 ) -> None:
     """Register a client: its key goes to the cloud registry and to the device's file (mode 600)."""
     from ecos_core.auth import enroll, save_enrollment
-    from tasks.catalog import store as open_store
 
-    save_enrollment(enroll(open_store(_store_url(store)), client_id, budget, rotate), out)
+    save_enrollment(enroll(_open_store(store), client_id, budget, rotate), out)
     typer.echo(f"enrolled {client_id} (ε budget {budget}); device file: {out}")
 
 
@@ -228,9 +264,8 @@ def clients_enroll(
 def clients_list(store: Optional[str] = StoreOpt) -> None:
     """The enrolled clients."""
     from ecos_core.auth import enrolled_clients
-    from tasks.catalog import store as open_store
 
-    for client_id in enrolled_clients(open_store(_store_url(store))):
+    for client_id in enrolled_clients(_open_store(store)):
         typer.echo(client_id)
 
 
@@ -255,6 +290,11 @@ def privacy_sigma(
 ) -> None:
     """The smallest σ whose ε (PLD) is at most the target."""
     from ecos_core.privacy import sigma_for_epsilon
+
+    if not epsilon > 0:
+        raise ValueError(f"--epsilon must be > 0 (got {epsilon}): no finite noise gives ε = 0")
+    if not 0 < delta < 1:
+        raise ValueError(f"--delta must be in (0, 1) (got {delta})")
 
     typer.echo(f"{sigma_for_epsilon(epsilon, delta, rounds):.4f}")
 
@@ -320,6 +360,8 @@ def labels_import(
     store: Optional[str] = StoreOpt,
 ) -> None:
     """Validate the labels against the exported selection and store them; nothing is stored if any row is wrong."""
+    import numpy as np
+
     from tasks.annotation import import_selection_labels
 
     labels = import_selection_labels(_store_url(store), round_id, client_id, method, path)
@@ -342,6 +384,6 @@ def labels_train(
 def main() -> None:
     try:
         app()
-    except (ValueError, FileNotFoundError, TimeoutError, RuntimeError) as err:  # user errors: one clear line, no traceback
-        typer.echo(f"error: {err}", err=True)
+    except (ValueError, OSError, TimeoutError, RuntimeError, KeyError) as err:  # user errors: one clear line, no traceback
+        typer.echo(f"error: {str(err).strip(chr(34) + chr(39)) if isinstance(err, KeyError) else err}", err=True)
         sys.exit(2)

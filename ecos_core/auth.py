@@ -115,7 +115,7 @@ def enroll(store: Store, client_id: str, epsilon_budget: float = 3.0, rotate: bo
         store.write_bytes(key, enrollment.model_dump_json(indent=1).encode(), overwrite=rotate)
     except FileExistsError:
         raise FileExistsError(
-            f"{store.uri(key)}: client {client_id!r} is already enrolled; pass rotate=True to issue a new key"
+            f"{store.uri(key)}: client {client_id!r} is already enrolled; to issue it a new key (revoking the old one) enroll it again with --rotate"
         ) from None
     return enrollment
 

@@ -9,7 +9,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from ecos_core.backbone import Preprocessing
+from ecos_core.feature_space import Preprocessing
 from ecos_core.config import DEFAULT_DOMAIN_SIZES, DataConfig
 from ecos_core.data.builtin import BUILTIN_DOMAINS, DISTRACTOR_DOMAINS
 from ecos_core.distill import TEACHER_WIDTH, DistillConfig

@@ -6,16 +6,35 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from ecos_core.backbone import Preprocessing
-from ecos_core.data.builtin import BUILTIN_DOMAINS
+from ecos_core.data.domains import BUILTIN_DOMAINS
+from ecos_core.feature_space import Preprocessing
 from ecos_core.samplers import SAMPLERS
-from ecos_core.train import TrainConfig
 
 
 # The default pool is "large and heterogeneous" the way open-source pools are: two
 # thirds off-task images (animal silhouettes, letters drawn like the synth digits),
 # the rest digits from four domains, the client's own domain a small part of it.
 DEFAULT_DOMAIN_SIZES = {"mnist": 3000, "optdigits": 1797, "mnistm": 4000, "synth": 3000, "animal": 10000, "letters": 10000}
+
+
+class TrainConfig(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    max_epochs: int = Field(20, ge=1)
+    max_steps: int = Field(900, ge=1)  # caps large proxy sets (e.g. the full pool)
+    batch_size: int = Field(64, ge=1)
+    lr: float = Field(2e-3, gt=0)
+    weight_decay: float = Field(5e-4, ge=0)
+    max_shift: float = Field(0.1, ge=0, le=0.5)  # random translation, fraction of the side
+    num_classes: int = Field(10, ge=2)
+    width: int = Field(32, ge=4)
+    accelerator: str = "auto"
+    devices: int | str = "auto"
+    strategy: str = "auto"
+    progress_bar: bool = False
+    # test on the simulated client's test split; False with real devices (their test data
+    # never leaves them: the model goes to the device, which can evaluate it there)
+    evaluate: bool = True
 
 
 class DataConfig(BaseModel):
@@ -122,7 +141,7 @@ class RoundConfig(BaseModel):
     seed: int = 0
     sigma: float = Field(6.1, gt=0)  # ε ≈ 0.58 at δ=1e-5 (PLD), the paper's setting
     delta: float = Field(1e-5, gt=0, lt=1)
-    clients: tuple[str, ...] = ("client-0",)
+    clients: tuple[str, ...] = Field(("client-0",), min_length=1)
     quorum: int = Field(1, ge=1)
     deadline_s: float = Field(600.0, gt=0)
     poll_s: float = Field(1.0, gt=0)

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel
 from tqdm import tqdm
 
-from ecos_core.backbone import FEATURE_DIM, Preprocessing
+from ecos_core.feature_space import FEATURE_DIM, Preprocessing
 
 
 def _check_images(images: Any) -> np.ndarray:

@@ -19,7 +19,7 @@ from datetime import datetime
 import numpy as np
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 
-from ecos_core.backbone import BackboneSpec
+from ecos_core.feature_space import BackboneSpec
 
 SCHEMA_VERSION = 1
 PROBE_SCHEMA_VERSION = 2  # 2: the probe carries the K cluster radii; a v1 client refuses it by version, not by shape

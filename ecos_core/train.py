@@ -15,36 +15,16 @@ import lightning as L
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from ecos_core.config import TrainConfig  # noqa: F401 (re-exported)
 from ecos_core.types import ImageSet
 
 warnings.filterwarnings("ignore", message=".*LeafSpec.*")  # harmless Lightning/torch 2.13 notice
 warnings.filterwarnings("ignore", message=".*does not have many workers.*")
 for _name in ("lightning.pytorch.utilities.rank_zero", "lightning.pytorch.accelerators.cuda", "lightning.fabric"):
     logging.getLogger(_name).setLevel(logging.WARNING)  # no "GPU available"/tips banners per fit
-
-
-class TrainConfig(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    max_epochs: int = Field(20, ge=1)
-    max_steps: int = Field(900, ge=1)  # caps large proxy sets (e.g. the full pool)
-    batch_size: int = Field(64, ge=1)
-    lr: float = Field(2e-3, gt=0)
-    weight_decay: float = Field(5e-4, ge=0)
-    max_shift: float = Field(0.1, ge=0, le=0.5)  # random translation, fraction of the side
-    num_classes: int = Field(10, ge=2)
-    width: int = Field(32, ge=4)
-    accelerator: str = "auto"
-    devices: int | str = "auto"
-    strategy: str = "auto"
-    progress_bar: bool = False
-    # test on the simulated client's test split; False with real devices (their test data
-    # never leaves them: the model goes to the device, which can evaluate it there)
-    evaluate: bool = True
 
 
 class SmallCNN(nn.Module):

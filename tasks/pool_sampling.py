@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 
 from ecos_core import layout
-from ecos_core.backbone import BackboneSpec
+from ecos_core.feature_space import BackboneSpec
 from ecos_core.config import RoundConfig
 from ecos_core.samplers import ECOSSampler, KCenterSampler, RandomSampler, SamplingPool
 from tasks import catalog

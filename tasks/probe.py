@@ -9,7 +9,7 @@ from prefect import get_run_logger, task
 
 from ecos_core import layout
 from ecos_core.auth import load_enrollment, probe_mac
-from ecos_core.backbone import BackboneSpec
+from ecos_core.feature_space import BackboneSpec
 from ecos_core.protocol import Invitation, decode_probe, encode_probe
 from tasks import catalog
 from tasks.common import STORAGE_RETRIES

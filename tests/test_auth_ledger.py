@@ -164,7 +164,7 @@ def test_enrollment_store_round_trip(store):
 
 def test_re_enroll_refused_unless_rotate(store):
     first = enroll(store, "client-a")
-    with pytest.raises(FileExistsError, match="already enrolled.*rotate=True"):
+    with pytest.raises(FileExistsError, match="already enrolled.*--rotate"):
         enroll(store, "client-a")
     assert load_enrollment(store, "client-a") == first
     rotated = enroll(store, "client-a", rotate=True)

@@ -1,34 +1,21 @@
-"""Data loading for ECOS: the built-in digits pool, user data, and the client/pool split."""
+"""Data loading for ECOS: the built-in digits pool, user data, and the client/pool split.
 
-from ecos_core.data.builtin import (
-    ANIMAL_CLASSES,
-    BUILTIN_DOMAINS,
-    DISTRACTOR_DOMAINS,
-    default_cache_dir,
-    load_domain,
-    load_domains,
-    render_synth_digits,
-)
-from ecos_core.data.safe_pickle import RestrictedUnpickler, safe_load_pickle
-from ecos_core.data.split import REGIMES, domain_counts, split_client_pool, subsample
-from ecos_core.data.user import image_folder_classes, load_dataset, load_image_folder, load_manifest
+Names are loaded on first use (PEP 562), so importing a light submodule such as
+ecos_core.data.domains does not pull in pandas and PIL."""
 
-__all__ = [
-    "ANIMAL_CLASSES",
-    "BUILTIN_DOMAINS",
-    "DISTRACTOR_DOMAINS",
-    "REGIMES",
-    "RestrictedUnpickler",
-    "default_cache_dir",
-    "domain_counts",
-    "image_folder_classes",
-    "load_dataset",
-    "load_domain",
-    "load_domains",
-    "load_image_folder",
-    "load_manifest",
-    "render_synth_digits",
-    "safe_load_pickle",
-    "split_client_pool",
-    "subsample",
-]
+from importlib import import_module
+
+_WHERE = {
+    "ANIMAL_CLASSES": "builtin", "BUILTIN_DOMAINS": "domains", "DISTRACTOR_DOMAINS": "domains",
+    "default_cache_dir": "builtin", "load_domain": "builtin", "load_domains": "builtin", "render_synth_digits": "builtin",
+    "RestrictedUnpickler": "safe_pickle", "safe_load_pickle": "safe_pickle",
+    "REGIMES": "split", "domain_counts": "split", "split_client_pool": "split", "subsample": "split",
+    "image_folder_classes": "user", "load_dataset": "user", "load_image_folder": "user", "load_manifest": "user",
+}  # fmt: skip
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str):  # noqa: ANN202
+    if name not in _WHERE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(import_module(f"{__name__}.{_WHERE[name]}"), name)

@@ -42,12 +42,11 @@ from typing import Callable
 import numpy as np
 from PIL import Image
 
+from ecos_core.data.domains import BUILTIN_DOMAINS, DISTRACTOR_DOMAINS  # noqa: F401 (re-exported)
 from ecos_core.data.safe_pickle import safe_load_pickle
 from ecos_core.data.synth import render_letters, render_synth_digits
 from ecos_core.types import ImageSet
 
-BUILTIN_DOMAINS: tuple[str, ...] = ("mnist", "optdigits", "mnistm", "synth", "animal", "letters")
-DISTRACTOR_DOMAINS: tuple[str, ...] = ("animal", "letters")
 ANIMAL_CLASSES: tuple[str, ...] = (
     "bear", "bird", "cat", "cow", "dog", "elephant", "giraffe", "horse", "sheep", "zebra",
 )
