@@ -14,7 +14,8 @@ infra_app = typer.Typer(
     help="Start and stop the local services: S3 store (rclone), Prefect server, workers.", no_args_is_help=True
 )
 
-ServicesArg = typer.Argument(None, help="s3, prefect, worker, gpu-worker or all (default: all).", show_default=False)
+ServicesArg = typer.Argument(None, help="s3, prefect, worker, gpu-worker, watcher, or all (default: s3 prefect worker; "
+                            "the watcher and the GPU worker only by name).", show_default=False)  # fmt: skip
 
 
 def _services():

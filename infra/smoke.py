@@ -174,6 +174,12 @@ def main() -> int:
         history = [st["name"] for st in sorted(_api(env, f"/flow_run_states/?flow_run_id={run_id}"),  # type: ignore[arg-type]
                                                key=lambda st: st["timestamp"])]  # fmt: skip
         assert "Suspended" in history, f"the round never suspended (states {history}): it held its worker"
+        name = _api(env, f"/flow_runs/{run_id}")["name"]  # type: ignore[index]
+        assert name == f"round-{round_id}", f"the run is named {name!r}, not after its round"
+        keys = [f"ecos-{round_id}-{what}" for what in ("answers", "results", "report")]
+        found = _api(env, "/artifacts/filter", {"artifacts": {"key": {"any_": keys}}})
+        assert {a["key"] for a in found} == set(keys), f"artifacts {[a['key'] for a in found]}, expected {keys}"  # type: ignore[union-attr]
+        step(f"run {name!r} with artifacts {', '.join(keys)}")
 
         import s3fs
 
