@@ -7,6 +7,7 @@ allow_pickle=False, metadata is JSON; nothing here ever unpickles.
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import json
 import uuid
@@ -100,15 +101,7 @@ class Store:
             return "file://" + self.path(key)
         if not self.url.startswith("s3://"):
             raise StoreError(f"store {self.url}: pre-signed URLs need a local or s3:// store")
-        import botocore.session
-        from botocore.config import Config
-
-        client_kwargs = self.options.get("client_kwargs", {})
-        client = botocore.session.get_session().create_client(
-            "s3", endpoint_url=client_kwargs.get("endpoint_url"), region_name=client_kwargs.get("region_name", "us-east-1"),
-            aws_access_key_id=self.options.get("key"), aws_secret_access_key=self.options.get("secret"),
-            config=Config(signature_version="s3v4", s3={"addressing_style": "path"}),
-        )  # fmt: skip
+        client = self._signer()
         bucket, _, object_key = self.path(key).partition("/")
         operation = {"get": "get_object", "put": "put_object"}[method]
         params = {"Bucket": bucket, "Key": object_key}
@@ -122,6 +115,18 @@ class Store:
             if expires <= max(exact, 1):
                 return url
             expires = max(exact, 1)
+
+    @functools.lru_cache(maxsize=1)  # noqa: B019 - one signer per Store: creating one costs ~50 ms
+    def _signer(self):  # noqa: ANN202
+        import botocore.session
+        from botocore.config import Config
+
+        client_kwargs = self.options.get("client_kwargs", {})
+        return botocore.session.get_session().create_client(
+            "s3", endpoint_url=client_kwargs.get("endpoint_url"), region_name=client_kwargs.get("region_name", "us-east-1"),
+            aws_access_key_id=self.options.get("key"), aws_secret_access_key=self.options.get("secret"),
+            config=Config(signature_version="s3v4", s3={"addressing_style": "path"}),
+        )  # fmt: skip
 
     def invalidate(self) -> None:
         """Forget listings cached by the filesystem (needed when polling for uploads)."""

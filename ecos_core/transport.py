@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import time
 import urllib.error
 import urllib.request
 from urllib.parse import urlparse
@@ -55,8 +56,9 @@ def fetch(url: str, max_bytes: int, timeout_s: float = 30.0) -> bytes:
     return data
 
 
-def put(url: str, data: bytes, timeout_s: float = 30.0) -> None:
-    """Upload once. A local file is created exclusively (a second answer is refused)."""
+def put(url: str, data: bytes, timeout_s: float = 30.0, retries: int = 2) -> None:
+    """Upload once (a 5xx is retried: a PUT of the same bytes is idempotent). A local
+    file is created exclusively (a second answer is refused)."""
     parsed = urlparse(url)
     if parsed.scheme == "file":
         os.makedirs(os.path.dirname(parsed.path), exist_ok=True)
@@ -70,10 +72,14 @@ def put(url: str, data: bytes, timeout_s: float = 30.0) -> None:
     if parsed.scheme not in ("http", "https"):
         raise TransportError(f"{_public(url)}: unsupported scheme {parsed.scheme!r}")
     request = urllib.request.Request(url, data=data, method="PUT", headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(request, timeout=timeout_s):  # noqa: S310 (scheme checked)
-            return
-    except urllib.error.HTTPError as err:
-        raise TransportError(f"{_public(url)}: HTTP {err.code} {err.reason}{_s3_reason(err)}") from None
-    except (urllib.error.URLError, TimeoutError, ConnectionError) as err:
-        raise TransportError(f"{_public(url)}: unreachable ({err})") from None
+    for attempt in range(retries + 1):
+        try:
+            with urllib.request.urlopen(request, timeout=timeout_s):  # noqa: S310 (scheme checked)
+                return
+        except urllib.error.HTTPError as err:
+            if err.code >= 500 and attempt < retries:  # the server's trouble, not ours: the same PUT again
+                time.sleep(0.5 * 2**attempt)
+                continue
+            raise TransportError(f"{_public(url)}: HTTP {err.code} {err.reason}{_s3_reason(err)}") from None
+        except (urllib.error.URLError, TimeoutError, ConnectionError) as err:
+            raise TransportError(f"{_public(url)}: unreachable ({err})") from None

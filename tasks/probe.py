@@ -44,6 +44,9 @@ def publish_probe(
         # centroids first, probe.json last: whoever sees probe.json finds a complete probe
         store.write_bytes(npy_key, npy)  # may be left by a failed attempt: unseen until probe.json exists
         store.write_bytes(json_key, probe_json, overwrite=False)
+        # the responses "folder" exists before any device uploads: rclone, which keeps objects
+        # as files, answered 500 to concurrent first PUTs racing to create it (dot-names are never listed)
+        store.write_bytes(f"{layout.responses_prefix(round_id)}/.open", b"")
         for client_id, key in keys.items():
             invitation = Invitation(
                 round_id=round_id, client_id=client_id, deadline=probe.deadline,

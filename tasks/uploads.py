@@ -15,6 +15,7 @@ of each invited client is never lost or replaced. It holds because
 from __future__ import annotations
 
 import hashlib
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -85,27 +86,37 @@ def judge(store: Store, key: str, version: Version, terms: RoundTerms) -> dict:
         return {**verdict, "verdict": "refused", "reason": str(err)}
 
 
+PARALLEL = 16  # uploads judged at once: each is a few small S3 requests, so threads overlap their waits
+
+
 def judge_new_uploads(store: Store, terms: RoundTerms) -> list[dict]:
     """Judge every upload version not judged before (by anyone); returns the new verdicts.
     Store errors propagate: the caller retries the sweep, nothing is half-judged (a
-    verdict is written only after its accepted copy)."""
-    new = []
-    for key, version in store.versions(layout.responses_prefix(terms.round_id)).items():
-        where = layout.verdict(terms.round_id, _digest(key, version))
-        if store.exists(where):
-            continue
+    verdict is written only after its accepted copy). Uploads are judged in parallel:
+    each client writes only under its own name, so no two of them touch the same objects."""
+    judged = set(store.list(layout.verdicts_prefix(terms.round_id)))  # one LIST, not one request per upload
+    todo = [(key, version, layout.verdict(terms.round_id, _digest(key, version)))
+            for key, version in store.versions(layout.responses_prefix(terms.round_id)).items()]  # fmt: skip
+    todo = [t for t in todo if t[2] not in judged]
+
+    def one(item: tuple[str, Version, str]) -> dict | None:
+        key, version, where = item
         verdict = judge(store, key, version, terms)
         try:
             store.write_json(where, verdict, overwrite=False)
         except FileExistsError:
-            continue  # judged at the same moment by another process: its verdict stands
-        new.append(verdict)
-    return new
+            return None  # judged at the same moment by another process: its verdict stands
+        return verdict
+
+    with ThreadPoolExecutor(PARALLEL) as pool:
+        return [v for v in pool.map(one, todo) if v is not None]
 
 
 def verdicts(store: Store, round_id: str) -> list[dict]:
     """Every verdict of the round so far, oldest first."""
-    found = [store.read_json(k, 1 << 16) for k in store.list(layout.verdicts_prefix(round_id))]
+    keys = store.list(layout.verdicts_prefix(round_id))
+    with ThreadPoolExecutor(PARALLEL) as pool:
+        found = list(pool.map(lambda k: store.read_json(k, 1 << 16), keys))
     return sorted(found, key=lambda v: (v["judged_at"], v["key"]))
 
 
@@ -118,13 +129,14 @@ def answered(store: Store, round_id: str) -> set[str]:
 def accepted_answers(store: Store, terms: RoundTerms) -> dict[str, Response]:
     """The accepted answer of each client that has one (re-verified: accepted/ is cloud-only,
     but a changed copy must never be used)."""
-    out = {}
-    for client_id in terms.clients:
-        copy = layout.accepted(terms.round_id, client_id)
-        if store.exists(copy):
-            out[client_id] = check_upload(store, layout.response(terms.round_id, client_id),
-                                          store.read_bytes(copy, MAX_RESPONSE_BYTES), terms)  # fmt: skip
-    return out
+    have = sorted(answered(store, terms.round_id) & set(terms.clients))
+
+    def read(client_id: str) -> Response:
+        data = store.read_bytes(layout.accepted(terms.round_id, client_id), MAX_RESPONSE_BYTES)
+        return check_upload(store, layout.response(terms.round_id, client_id), data, terms)
+
+    with ThreadPoolExecutor(PARALLEL) as pool:
+        return dict(zip(have, pool.map(read, have)))
 
 
 def watcher_silence(store: Store, max_age_s: float = 30.0) -> str | None:

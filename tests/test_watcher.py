@@ -287,3 +287,29 @@ def test_workers_and_the_watcher_never_use_another_installations_server(live, tm
         assert not services._service_running(second, name)
     st = services.status(second, out=sys.stderr)
     assert st["prefect"]["state"] == "stopped"
+
+
+def test_200_devices_answering_at_once_are_all_accepted(live, quiet_tasks):
+    """Load: 200 devices PUT through their own pre-signed URLs concurrently; the watcher
+    judges them as they land and resumes the round; none is lost."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from flows.watcher import Watcher
+
+    clients = [f"dev-{i:03d}" for i in range(200)]
+    for c in clients:
+        live.keys[c] = enroll(live.store, c).key_b64
+    r = suspended_round(live, deadline_s=300, clients=clients)
+    watcher = Watcher()
+    start = time.monotonic()
+    with ThreadPoolExecutor(32) as pool:
+        sent = list(pool.map(lambda c: answer(live, r, c, float(int(c[-3:]))), clients))
+    uploaded_s = time.monotonic() - start
+    while str(r.run_id) not in dict(watcher.sweep()):
+        assert time.monotonic() - start < 120, "200 answers not all accepted within 120 s"
+    resumed_s = time.monotonic() - start
+    out = collect(live, r, clients)
+    assert sorted(out["accepted"]) == clients and out["rejected"] == [] and out["missing"] == []
+    assert all(out["accepted"][c]["scores"][0] == float(int(c[-3:])) for c in clients)
+    assert all(live.store.read_bytes(layout.accepted(r.id, c)) == d for c, d in zip(clients, sent))
+    print(f"\n200 devices: uploads {uploaded_s:.1f} s, all judged and the round resumed at {resumed_s:.1f} s", file=sys.stderr)
