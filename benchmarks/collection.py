@@ -13,7 +13,6 @@ RSS before it. Writes results.csv and collection.md.
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
 import tempfile
@@ -30,6 +29,7 @@ import typer
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
 
 
 class StepMeter:
@@ -66,8 +66,9 @@ def one_size(n: int, url: str) -> dict:
     from tasks import catalog, probe, responses
     from tasks.uploads import RoundTerms, answered, judge_new_uploads
 
-    logger = logging.getLogger("collection-bench")
-    probe.get_run_logger = responses.get_run_logger = lambda: logger  # the task bodies run without Prefect here
+    from faults import quiet_task_logs
+
+    quiet_task_logs()
     store, k, rid = catalog.store(url), 100, f"bench-{n}"
     store.write_npy(layout.index_part("bench-index", "centroids.npy"),
                     np.random.default_rng(0).standard_normal((k, FEATURE_DIM)).astype("<f4"))  # fmt: skip

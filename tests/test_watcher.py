@@ -23,12 +23,12 @@ import numpy as np
 import pytest
 
 from s3_faults import CLIENTS, K, SIGMA, _free_port, quiet_tasks, signed  # noqa: F401 (fixtures by name)
+
+sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[1] / "benchmarks"))
+import faults  # noqa: E402 (benchmarks/faults.py: the live services and suspended rounds)
 from infra import services
 from ecos_core import layout, transport
-from ecos_core.auth import enroll
-from ecos_core.backbone import FEATURE_DIM, BackboneSpec
-from ecos_core.config import RoundConfig
-from ecos_core.protocol import decode_invitation
+from ecos_core.backbone import FEATURE_DIM
 from tasks import catalog
 
 pytestmark = pytest.mark.slow
@@ -36,66 +36,21 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def live(tmp_path_factory):
-    """S3 + Prefect server; the store, enrolled clients, a fake index and a deployment."""
-    from prefect import get_client
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
-    from flows.round_flow import round_flow
-
-    run_dir = tmp_path_factory.mktemp("watcher-infra")
-    environ = {k: v for k, v in os.environ.items() if not k.startswith(("ECOS_", "PREFECT_API_"))}
-    environ.update(ECOS_INFRA_DIR=str(run_dir), ECOS_S3_PORT=str(_free_port()), ECOS_PREFECT_PORT=str(_free_port()),
-                   ECOS_S3_BUCKET="ecos", ECOS_WORK_POOL="watch-cpu", ECOS_GPU_WORK_POOL="watch-gpu")  # fmt: skip
-    cfg = services.Config.load(environ, dotenv=run_dir / "no.env")
+    """S3 + Prefect server (no watcher process: the tests sweep in-process); the store,
+    enrolled clients, a fake index and a deployment (benchmarks/faults.py sets them up)."""
     mp = pytest.MonkeyPatch()
+    setup = faults.start_services(tmp_path_factory.mktemp("watcher-infra"), watcher=False)
     try:
-        for name in ("s3", "prefect"):
-            services.start(name, cfg)
-        key, secret = cfg.credentials(create=False)
-        for k, v in {"ECOS_S3_ENDPOINT": cfg.s3_url, "ECOS_S3_KEY": key, "ECOS_S3_SECRET": secret,
-                     "AWS_EC2_METADATA_DISABLED": "true"}.items():  # fmt: skip
-            mp.setenv(k, v)
-        catalog.store.cache_clear()
-        url = f"s3://{cfg.s3_bucket}/watch-{uuid.uuid4().hex[:8]}"
-        mp.setenv("ECOS_STORE", url)  # the watcher's own store (its heartbeat goes there too)
-        store = catalog.store(url)
-        keys = {c: enroll(store, c).key_b64 for c in CLIENTS}
-        store.write_npy(layout.index_part("fake-index", "centroids.npy"),
-                        np.random.default_rng(0).standard_normal((K, FEATURE_DIM)).astype("<f4"))  # fmt: skip
-        store.write_npy(layout.index_part("fake-index", "radii.npy"), np.full(K, 2.0, "<f4"))
-        with temporary_settings(updates={PREFECT_API_URL: cfg.prefect_api_url}):
-            with get_client(sync_client=True) as client:
-                deployment = client.create_deployment(flow_id=client.create_flow(round_flow), name="watcher-test")
-            yield SimpleNamespace(cfg=cfg, url=url, store=store, keys=keys, deployment=deployment)
+        faults.enrolled(setup, CLIENTS)
+        yield setup
     finally:
-        services.down(None, cfg)
+        faults.stop_services(setup)
         mp.undo()
         catalog.store.cache_clear()
 
 
 def suspended_round(live, deadline_s: float = 60.0, clients=CLIENTS) -> SimpleNamespace:
-    """A published probe and a suspended `ecos-round` run waiting for it, as deployed."""
-    from prefect import get_client
-    from prefect.input.run_input import keyset_from_paused_state
-    from prefect.states import Running, Suspended
-
-    from flows.round_flow import ResponsesReady
-    from tasks.probe import publish_probe
-
-    rid = f"w-{uuid.uuid4().hex[:8]}"
-    probe = publish_probe.fn(live.url, rid, "fake-index", BackboneSpec().model_dump(mode="json"), SIGMA, 1e-5,
-                             deadline_s, list(clients))  # fmt: skip
-    cfg = RoundConfig.model_validate({"clients": list(clients), "quorum": 1})
-    with get_client(sync_client=True) as client:
-        run = client.create_flow_run_from_deployment(live.deployment, parameters={
-            "cfg": cfg.model_dump(mode="json"), "store_url": live.url, "round_id": rid, "wait": "suspend"})  # fmt: skip
-        client.set_flow_run_state(run.id, Running(), force=True)
-        state = Suspended(timeout_seconds=int(deadline_s) + 600, pause_key=f"responses-{rid}")
-        state.state_details.run_input_keyset = keyset = keyset_from_paused_state(state)
-        client.set_flow_run_state(run.id, state)
-    ResponsesReady.save(keyset, flow_run_id=run.id)
-    invites = {c: decode_invitation(live.store.read_bytes(layout.invitation(rid, c)), c) for c in clients}
-    return SimpleNamespace(id=rid, run_id=run.id, probe=probe, invites=invites, keyset=keyset)
+    return faults.suspended_round(live, deadline_s, list(clients))
 
 
 def state_of(r) -> str:
@@ -297,8 +252,6 @@ def test_200_devices_answering_at_once_are_all_accepted(live, quiet_tasks):
     from flows.watcher import Watcher
 
     clients = [f"dev-{i:03d}" for i in range(200)]
-    for c in clients:
-        live.keys[c] = enroll(live.store, c).key_b64
     r = suspended_round(live, deadline_s=300, clients=clients)
     watcher = Watcher()
     start = time.monotonic()
