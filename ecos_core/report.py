@@ -4,11 +4,7 @@ from __future__ import annotations
 
 import io
 
-import matplotlib
-
-matplotlib.use("Agg")  # headless: the report is written to the store, never shown
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
+import pandas as pd
 
 METHOD_ORDER = ("ecos", "oracle", "random", "kcenter", "full", "local")
 METHODS = {  # what each row of a round's report is
@@ -50,6 +46,11 @@ def domain_mix(domains_by_method: dict[str, list[str]]) -> pd.DataFrame:
 
 def results_plot(results: pd.DataFrame, mix: pd.DataFrame, title: str) -> bytes:
     """Left: client test accuracy by method. Right: domain mix of each proxy set."""
+    import matplotlib  # here: a second of imports only when a plot is drawn
+
+    matplotlib.use("Agg")  # headless: the report is written to the store, never shown
+    import matplotlib.pyplot as plt
+
     fig, (ax_acc, ax_mix) = plt.subplots(1, 2, figsize=(11, 4.2))
     # one bar per client within each method (several clients per round)
     table = results.pivot_table(index="method", columns="client_id", values="accuracy") * 100

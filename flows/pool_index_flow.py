@@ -13,7 +13,7 @@ from prefect import flow, get_run_logger, unmapped
 
 from ecos_core import layout
 from ecos_core.config import IndexConfig
-from ecos_core.features import content_key
+from ecos_core.content import content_key
 from ecos_core.index import sample_rows, train_centroids
 from tasks import catalog
 from tasks.features import backbone_spec

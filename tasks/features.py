@@ -9,15 +9,17 @@ import numpy as np
 from prefect import get_run_logger, task
 
 from ecos_core import layout
-from ecos_core.backbone import BackboneSpec, load_backbone
+from ecos_core.feature_space import BackboneSpec
 from ecos_core.config import DataConfig, IndexConfig
-from ecos_core.features import content_key, embed
+from ecos_core.content import content_key
 from tasks import catalog
 from tasks.common import STORAGE_RETRIES, progress_artifact
 
 
 def backbone_spec(index: IndexConfig) -> BackboneSpec:
     """The feature space of this deployment: local weights (hash-checked) + preprocessing."""
+    from ecos_core.backbone import load_backbone  # here: torch only when features are computed
+
     _, default = load_backbone()
     return BackboneSpec(weights_sha256=default.weights_sha256, preprocessing=index.preprocessing)
 
@@ -28,6 +30,9 @@ def extract_features(store_url: str, data: DataConfig, index: IndexConfig, seed:
     log = get_run_logger()
     store = catalog.store(store_url)
     spec = backbone_spec(index)
+    from ecos_core.backbone import load_backbone
+    from ecos_core.features import embed
+
     model, _ = load_backbone(spec)
     keys, hits, start = {}, [], time.perf_counter()
     for name, part in catalog.domains(data, seed).items():

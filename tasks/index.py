@@ -11,7 +11,7 @@ from prefect import get_run_logger, task
 
 from ecos_core import layout
 from ecos_core.config import DataConfig, IndexConfig
-from ecos_core.features import content_key
+from ecos_core.content import content_key
 from ecos_core.index import PoolIndex, build_index
 from tasks import catalog
 from tasks.common import STORAGE_RETRIES

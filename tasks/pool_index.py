@@ -14,8 +14,8 @@ import pandas as pd
 from prefect import task
 
 from ecos_core import layout
-from ecos_core.backbone import BackboneSpec, load_backbone
-from ecos_core.features import content_key, embed
+from ecos_core.feature_space import BackboneSpec
+from ecos_core.content import content_key
 from ecos_core.index import l2_normalize, nearest_with_distance, radii_of
 from ecos_core.pool.catalog import PoolCatalog
 from tasks import catalog
@@ -38,6 +38,9 @@ def embed_shard(store_url: str, pool_url: str, sha256: str, spec: BackboneSpec, 
     """Features of one shard; a shard embedded before (by any pool or index) is skipped.
     device "auto": this worker's GPU when it has one."""
     import torch
+
+    from ecos_core.backbone import load_backbone  # here: the driver never needs torch
+    from ecos_core.features import embed
 
     device = "cuda" if device == "auto" and torch.cuda.is_available() else "cpu"
     store = catalog.store(store_url)

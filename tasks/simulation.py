@@ -21,8 +21,6 @@ from ecos_core.coverage import coverage_counts
 from ecos_core.data.npz import save_imageset
 from ecos_core.types import ImageSet
 from tasks import catalog
-from ecos_core.backbone import load_backbone
-from ecos_core.features import embed
 from tasks.features import backbone_spec, features_of
 from tasks.index import load_centroids
 
@@ -72,6 +70,9 @@ def oracle_counts(store_url: str, cfg: RoundConfig, feature_keys: dict[str, str]
     """Exact, noise-free coverage counts: what only a non-private oracle could know."""
     shard = client_shard(cfg, client_id)
     if cfg.data.pool or cfg.data.client:  # the client is not part of the cloud's feature cache: embed it here
+        from ecos_core.backbone import load_backbone  # here: torch only when the Oracle is asked for
+        from ecos_core.features import embed
+
         model, _ = load_backbone(spec := backbone_spec(cfg.index))
         feats = embed(shard.images, model, spec.preprocessing, cfg.index.batch_size, show_bar=False)
     else:

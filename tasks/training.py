@@ -6,14 +6,12 @@ from __future__ import annotations
 import io
 
 import numpy as np
-import torch
 from prefect import task
 
 from ecos_core import layout
 from ecos_core.config import RoundConfig
 from ecos_core.data.split import split_client_pool
-from ecos_core.features import content_key
-from ecos_core.train import accuracy, train_classifier
+from ecos_core.content import content_key
 from ecos_core.types import ImageSet
 from tasks import catalog
 from tasks.pool import round_pool_images
@@ -22,6 +20,8 @@ from tasks.simulation import client_shard
 
 
 def _fit(train: ImageSet, test: ImageSet | None, cfg: RoundConfig) -> tuple[dict, dict]:
+    from ecos_core.train import accuracy, train_classifier  # here: the flow's process starts without lightning
+
     result = train_classifier(train, cfg.train, cfg.seed)
     row = {"accuracy": accuracy(result.model, test) if cfg.train.evaluate else float("nan"), "epochs": result.epochs, "steps": result.steps,
            "final_loss": result.final_loss, "train_s": result.seconds, "proxy_size": len(train)}  # fmt: skip
@@ -29,6 +29,8 @@ def _fit(train: ImageSet, test: ImageSet | None, cfg: RoundConfig) -> tuple[dict
 
 
 def _save_model(store_url: str, round_id: str, client_id: str, method: str, state: dict) -> str:
+    import torch
+
     buf = io.BytesIO()
     torch.save(state, buf)  # a plain tensor dict: loadable with torch.load(weights_only=True)
     key = layout.round_key(round_id, f"models/{client_id}/{method}.pt")
