@@ -180,6 +180,9 @@ def main() -> int:
         found = _api(env, "/artifacts/filter", {"artifacts": {"key": {"any_": keys}}})
         assert {a["key"] for a in found} == set(keys), f"artifacts {[a['key'] for a in found]}, expected {keys}"  # type: ignore[union-attr]
         step(f"run {name!r} with artifacts {', '.join(keys)}")
+        logs = _api(env, "/logs/filter", {"logs": {"flow_run_id": {"any_": [run_id]}}, "limit": 200})
+        suspending = [entry for entry in logs if "Suspending flow run" in entry["message"]]  # type: ignore[union-attr]
+        assert len(suspending) == 1, f"'Suspending flow run' logged {len(suspending)} times (only the first run suspends)"
 
         import s3fs
 
@@ -189,10 +192,13 @@ def main() -> int:
         stored = {p.removeprefix(prefix + "/") for p in fs.find(prefix)}
         shards = fs.find(env["ECOS_STORE"].removeprefix("s3://") + "/pools/ci/shards")
         assert shards, "the user pool's shards are not in the bucket"
-        for name in ("report.md", "results.csv", "results.png", "manifest.json", "ledger.json", "probe/probe.json",
+        for name in ("report.md", "results.csv", "results.png", "manifest.json", "ledger.json", "steps.json", "probe/probe.json",
                      "probe/centroids.npy", "responses/ci-device.json", "accepted/ci-device.json",
                      "selections/ci-device/ecos.npy", "models/ci-device/ecos.pt"):  # fmt: skip
             assert name in stored, f"{name} missing from s3://{prefix}: {sorted(stored)}"
+        steps = dict(json.loads(fs.cat_file(f"{prefix}/steps.json"))["steps"])
+        assert all(v >= 0 for v in steps.values()) and steps["wait for responses"] >= 1.0, f"step times {steps}"
+        step("step times: " + ", ".join(f"{k} {v:.1f} s" for k, v in steps.items()))
         bucket = env["ECOS_STORE"].removeprefix("s3://").split("/", 1)[0]
         results = fs.find(f"{bucket}/prefect-results")
         assert results, "no Prefect results persisted in the bucket"

@@ -16,7 +16,7 @@ class StepLog:
     def __init__(self, store_url: str, round_id: str) -> None:
         self.store, self.key = catalog.store(store_url), layout.round_key(round_id, "steps.json")
         found = self.store.read_json(self.key) if self.store.exists(self.key) else {}
-        self.steps: dict[str, float] = found.get("steps", {})
+        self.steps: dict[str, float] = dict(found.get("steps", []))  # [name, seconds] pairs: the order is kept
         self.marks: dict[str, str] = found.get("marks", {})
         self._last = time.perf_counter()
 
@@ -40,4 +40,4 @@ class StepLog:
         self._save()
 
     def _save(self) -> None:
-        self.store.write_json(self.key, {"steps": self.steps, "marks": self.marks})
+        self.store.write_json(self.key, {"steps": [[k, v] for k, v in self.steps.items()], "marks": self.marks})

@@ -8,3 +8,30 @@ from ecos_core.report import results_plot
 def test_round_plot_survives_every_selection_empty():
     results = pd.DataFrame({"method": ["ecos", "oracle"], "client_id": "client-0", "accuracy": [float("nan")] * 2})
     assert results_plot(results, pd.DataFrame(), "all empty").startswith(b"\x89PNG")
+
+
+def test_step_times_survive_a_suspend_and_resume(tmp_path):
+    """The resumed run re-runs from the top (cache hits in no time): the report keeps each
+    step's first time, and the wait runs from the probe's publication to the resume."""
+    import time
+
+    from tasks.steps import StepLog
+
+    url = str(tmp_path / "store")
+    first = StepLog(url, "r1")
+    first.add("features", 2.0)
+    time.sleep(0.3)
+    first.lap("index", minus=0.1)
+    first.lap("probe")
+    first.mark("probe published")
+    time.sleep(1.0)  # suspended: this process ends, the watcher resumes the round later
+    resumed = StepLog(url, "r1")
+    resumed.add("features", 2.0)  # the cached index reports its original feature time again
+    resumed.lap("index", minus=2.0)  # a cache hit: would be negative
+    resumed.lap("probe")
+    resumed.lap("wait for responses", since_mark="probe published")
+    resumed.lap("training")
+    steps = StepLog(url, "r1").steps
+    assert list(steps) == ["features", "index", "probe", "wait for responses", "training"]
+    assert steps["index"] == first.steps["index"] >= 0.15 and all(v >= 0 for v in steps.values())
+    assert steps["wait for responses"] >= 1.0
