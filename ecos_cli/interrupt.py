@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
@@ -16,12 +17,20 @@ def stop_cleanly(on_interrupt: Callable[[], str]) -> Iterator[None]:
     """on_interrupt() records what it must and returns the line to print."""
 
     def handler(signum: int, _frame: object) -> None:
-        for s in (signal.SIGINT, signal.SIGTERM):  # a second Ctrl-C must not interrupt the stopping
-            signal.signal(s, signal.SIG_IGN)
-        try:
-            line = on_interrupt()
-        except Exception as err:  # noqa: BLE001 - the stop must happen whatever the store says
-            line = f"interrupted ({type(err).__name__}: {err})"
+        for s in (signal.SIGINT, signal.SIGTERM):  # a second Ctrl-C stops at once, without the tidying
+            signal.signal(s, lambda *_: os._exit(130))
+        said: list[str] = []
+
+        def tidy() -> None:
+            try:
+                said.append(on_interrupt())
+            except Exception as err:  # noqa: BLE001 - the stop must happen whatever the store says
+                said.append(f"interrupted ({type(err).__name__}: {err})")
+
+        worker = threading.Thread(target=tidy, daemon=True)
+        worker.start()
+        worker.join(3.0)  # an unreachable store must not hold the stop
+        line = said[0] if said else "interrupted (the round could not be marked in the store within 3 s)"
         os.write(2, f"\n{line}\n".encode())  # not print(): inside a flow, Prefect turns prints into queued log records
         _cancel_flow_run()
         _stop_children()

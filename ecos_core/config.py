@@ -143,7 +143,7 @@ class RoundConfig(BaseModel):
     delta: float = Field(1e-5, gt=0, lt=1)
     clients: tuple[str, ...] = Field(("client-0",), min_length=1)
     quorum: int = Field(1, ge=1)
-    deadline_s: float = Field(600.0, gt=0)
+    deadline_s: float = Field(600.0, ge=2, le=604_800)  # ≤ 7 days: the longest a pre-signed S3 URL may live
     poll_s: float = Field(1.0, gt=0)
     local_baseline: bool = True  # also train on the client's own data ("Local")
     domain_report: bool = True  # each domain's Local accuracy (is every domain learnable?)

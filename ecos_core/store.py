@@ -10,6 +10,7 @@ import contextlib
 import functools
 import io
 import json
+import os
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -112,9 +113,11 @@ class Store:
             url = client.generate_presigned_url(operation, Params=params, ExpiresIn=expires)
             signed_at = datetime.strptime(parse_qs(urlparse(url).query)["X-Amz-Date"][0], "%Y%m%dT%H%M%SZ")
             exact = int((until - signed_at.replace(tzinfo=timezone.utc)).total_seconds())  # floor for a future `until`
-            if expires <= max(exact, 1):
+            if exact < 1:
+                raise ValueError(f"{self.uri(key)}: cannot sign a URL that ends at {until.isoformat()}: under a second away")
+            if expires <= exact:
                 return url
-            expires = max(exact, 1)
+            expires = exact
 
     @functools.lru_cache(maxsize=1)  # noqa: B019 - one signer per Store: creating one costs ~50 ms
     def _signer(self):  # noqa: ANN202
@@ -159,34 +162,57 @@ class Store:
         return {f"{prefix}/{n}": Version.of(e) for n, e in sorted(files, key=lambda f: f[0]) if not n.startswith(".")}
 
     def read_bytes(self, key: str, max_bytes: int | None = None) -> bytes:
+        """The object's bytes; with max_bytes, StoreError for a larger object, and never more
+        than max_bytes + 1 read (the object may have grown since it was listed)."""
         path = self.path(key)
         try:
             with _backend_errors(self.uri(key)):
-                if max_bytes is not None and (size := self.fs.size(path)) > max_bytes:
-                    raise StoreError(f"{self.uri(key)}: {size} bytes, larger than the {max_bytes}-byte limit")
-                return self.fs.cat_file(path)
+                if max_bytes is None:
+                    return self.fs.cat_file(path)
+                data = self.fs.cat_file(path, start=0, end=max_bytes + 1)
         except FileNotFoundError:
             raise FileNotFoundError(f"{self.uri(key)}: no such object in the store") from None
+        if len(data) > max_bytes:
+            raise StoreError(f"{self.uri(key)}: larger than the {max_bytes}-byte limit")
+        return data
 
     def write_bytes(self, key: str, data: bytes, overwrite: bool = True) -> None:
         """Write whole-object; with overwrite=False an existing object is kept and
-        FileExistsError raised. Local writes go to a temporary name first and are
-        renamed, so a reader never sees half an object."""
+        FileExistsError raised: atomically on a local store (a hard link never replaces)
+        and on S3 servers that honour `If-None-Match: *` (AWS); rclone ignores it, so
+        there the check before the PUT is all there is. Local writes go to a temporary
+        name first and are renamed, so a reader never sees half an object."""
         path = self.path(key)
         if not overwrite and self.exists(key):
             raise FileExistsError(f"{self.uri(key)} already exists; not overwritten")
         with _backend_errors(self.uri(key)):
-            self._write(path, data)
+            try:
+                self._write(path, data, create=not overwrite)
+            except FileExistsError:
+                raise FileExistsError(f"{self.uri(key)} already exists; not overwritten") from None
 
-    def _write(self, path: str, data: bytes) -> None:
+    def _write(self, path: str, data: bytes, create: bool = False) -> None:
         parent = path.rsplit("/", 1)[0]
         if self.is_local:
             self.fs.makedirs(parent, exist_ok=True)
             tmp = f"{parent}/.tmp-{uuid.uuid4().hex}"
             self.fs.pipe_file(tmp, data)
-            self.fs.mv(tmp, path)
+            if create:
+                try:
+                    os.link(tmp, path)  # fails if `path` exists: create-only, atomically
+                finally:
+                    os.unlink(tmp)
+            else:
+                self.fs.mv(tmp, path)
+        elif create:
+            try:
+                self.fs.pipe_file(path, data, mode="create")  # an object PUT is atomic on S3
+            except Exception as err:
+                if "PreconditionFailed" in str(err) or "412" in str(err):
+                    raise FileExistsError(path) from None
+                raise
         else:
-            self.fs.pipe_file(path, data)  # an object PUT is atomic on S3
+            self.fs.pipe_file(path, data)
 
     def delete(self, key: str) -> bool:
         """Remove one object; False when there was none."""

@@ -31,7 +31,7 @@ from prefect.client.schemas.filters import (
 )
 from prefect.client.schemas.objects import FlowRun, StateType
 from prefect.flow_runs import resume_flow_run
-from prefect.states import Scheduled
+from prefect.states import Failed, Scheduled
 
 from ecos_core import layout
 from ecos_core.config import RoundConfig
@@ -43,6 +43,8 @@ from tasks.uploads import RoundTerms, answered, judge_new_uploads
 
 MAX_BACKOFF_S = 10.0
 MAX_CRASH_RETRIES = 3  # a round that crashed this often is left for a person (a crash loop is a bug)
+CRASH_RETRY_WINDOW_S = 3600.0  # only runs that crashed this recently are retried
+STORE_MEMORY_S = 3600.0  # the heartbeat goes to every store a round was seen in this recently
 
 
 def log(message: str) -> None:
@@ -55,11 +57,18 @@ def one_line(err: BaseException) -> str:
 
 
 def rounds_in(state: StateType) -> list[FlowRun]:
+    """Every `ecos-round` run in `state`, page by page (the API answers at most 200 at once)."""
+    found: list[FlowRun] = []
     with get_client(sync_client=True) as client:
-        return client.read_flow_runs(
-            flow_filter=FlowFilter(name=FlowFilterName(any_=["ecos-round"])),
-            flow_run_filter=FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[state]))),
-        )
+        while True:
+            page = client.read_flow_runs(
+                flow_filter=FlowFilter(name=FlowFilterName(any_=["ecos-round"])),
+                flow_run_filter=FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[state]))),
+                limit=200, offset=len(found),
+            )  # fmt: skip
+            found += page
+            if len(page) < 200:
+                return found
 
 
 def suspended_rounds() -> list[FlowRun]:
@@ -67,12 +76,18 @@ def suspended_rounds() -> list[FlowRun]:
 
 
 def retry_crashed(run: FlowRun) -> str | None:
-    """A round whose process died (a worker SIGKILLed mid-training, the machine rebooted)
-    is scheduled again: the re-run finds its finished steps in the store and goes on."""
+    """A deployed round whose process died (a worker SIGKILLed mid-training, the machine
+    rebooted) is scheduled again: the re-run finds its finished steps in the store and goes
+    on. After MAX_CRASH_RETRIES it is marked Failed: a crash loop is a bug for a person."""
+    if run.deployment_id is None or run.state is None:  # nothing would pick a re-scheduled ad-hoc run up
+        return None
+    if (datetime.now(timezone.utc) - run.state.timestamp).total_seconds() > CRASH_RETRY_WINDOW_S:
+        return None  # crashed long ago (before this watcher's time): left as it is
     with get_client(sync_client=True) as client:
         crashes = sum(s.type == StateType.CRASHED for s in client.read_flow_run_states(run.id))
         if crashes > MAX_CRASH_RETRIES:
-            return None
+            client.set_flow_run_state(run.id, Failed(message=f"crashed {crashes} times; not retried again"), force=True)
+            return f"crashed {crashes} times: marked Failed, not retried again"
         client.set_flow_run_state(run.id, Scheduled(name="AwaitingRetry"), force=True)
     return f"crashed ({crashes} of {MAX_CRASH_RETRIES + 1} times allowed); scheduled again"
 
@@ -120,6 +135,7 @@ class Watcher:
         self.heartbeat, self.sweeps, self.started = heartbeat, 0, datetime.now(timezone.utc)
         self.retry_at: dict[str, tuple[float, float]] = {}  # round id -> (when, backoff)
         self.errors: dict[str, str] = {}
+        self.stores: dict[str, float] = {Settings().store: float("inf")}  # store -> last seen (monotonic)
 
     def sweep(self) -> list[tuple[str, str]]:
         resumed = []
@@ -141,7 +157,9 @@ class Watcher:
             if reason := self._handle(run, retry_crashed):
                 log(f"flow run {run.id} ({run.name}) {reason}")
         self.sweeps += 1
-        self._beat({Settings().store, *(str(r.parameters["store_url"]) for r in runs if r.parameters.get("store_url"))})
+        now = time.monotonic()
+        self.stores.update({str(r.parameters["store_url"]): now for r in runs if r.parameters.get("store_url")})
+        self._beat({url for url, seen in self.stores.items() if now - seen < STORE_MEMORY_S})
         return resumed
 
     def _handle(self, run: FlowRun, step) -> str | None:  # noqa: ANN001 - tend or retry_crashed

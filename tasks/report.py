@@ -86,8 +86,12 @@ def write_answers(store_url: str, round_id: str, clients: list[str], responses: 
 
 @task(name="check-watcher")
 def warn_if_no_watcher(store_url: str, round_id: str, timeout_s: int) -> str | None:
-    """Say, in the log and in the UI, when no watcher is there to resume this round."""
-    why = watcher_silence(catalog.store(store_url))
+    """Say, in the log and in the UI, when no watcher is there to resume this round. Never
+    fails the round: it only informs."""
+    try:
+        why = watcher_silence(catalog.store(store_url))
+    except Exception as err:  # noqa: BLE001
+        why = f"the watcher's heartbeat could not be checked ({type(err).__name__}: {err})"
     if why:
         text = (f"Round {round_id} suspends to wait for its clients, but {why}: nothing will resume it before its "
                 f"suspension times out ({timeout_s} s). Start one: `ecos infra up watcher`.")  # fmt: skip

@@ -35,11 +35,10 @@ def collect_responses(
     store = catalog.store(store_url)
     terms = RoundTerms.load(store, round_id, clients, k, sigma, datetime.fromisoformat(deadline))
     start = time.perf_counter()
-    seen_at: dict[str, float] = {}
+
     def judge_pass() -> None:
         for v in judge_new_uploads(store, terms):
             if v["verdict"] == "accepted":
-                seen_at[v["client_id"]] = round(time.perf_counter() - start, 2)
                 log.info("response from %s accepted (%d bytes)", v["client_id"], v["bytes"])
             else:
                 log.warning("response refused: %s", v["reason"])
@@ -52,12 +51,14 @@ def collect_responses(
             judge_pass()  # what landed meanwhile gets its verdict too (late ones: refused as late)
             break
         time.sleep(poll_s)
-    answers = accepted_answers(store, terms)
+    problems: list[dict] = []
+    answers = accepted_answers(store, terms, problems)
     judged = verdicts(store, round_id)
-    accepted = {c: {"scores": r.scores().tolist(), "received_after_s": seen_at.get(c, 0.0),
-                    "bytes": next((v["bytes"] for v in judged if v.get("client_id") == c), 0)}
+    first = {v["client_id"]: v for v in reversed(judged) if v["verdict"] == "accepted"}  # each client's first
+    accepted = {c: {"scores": r.scores().tolist(), "bytes": first[c]["bytes"] if c in first else 0,
+                    "judged_at": first[c]["judged_at"] if c in first else None}
                 for c, r in answers.items()}  # fmt: skip
-    rejected = [{"key": v["key"], "reason": v["reason"]} for v in judged if v["verdict"] == "refused"]
+    rejected = [{"key": v["key"], "reason": v["reason"]} for v in judged if v["verdict"] == "refused"] + problems
     missing = sorted(set(clients) - set(accepted))
     ledger = {"round_id": round_id, "accepted": {c: {k_: v for k_, v in a.items() if k_ != "scores"} for c, a in accepted.items()},
               "rejected": rejected, "missing": missing, "quorum": quorum, "deadline": deadline, "uploads": judged}  # fmt: skip

@@ -15,6 +15,7 @@ of each invited client is never lost or replaced. It holds because
 from __future__ import annotations
 
 import hashlib
+import re
 from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -58,8 +59,25 @@ def _digest(key: str, version: Version) -> str:
     return hashlib.sha256(f"{key}\n{version.id}".encode()).hexdigest()[:32]
 
 
+class Replaced(Exception):
+    """The object changed between its listing and its read: the next sweep judges the new one."""
+
+
+def _read_listed(store: Store, key: str, version: Version) -> bytes:
+    """The bytes of exactly the listed version, or Replaced. On S3 the ETag of a plain PUT
+    is the content's MD5; elsewhere the object is looked at again after the read."""
+    data = store.read_bytes(key, MAX_RESPONSE_BYTES)
+    if re.fullmatch(r"[0-9a-f]{32}", version.tag):
+        if hashlib.md5(data, usedforsecurity=False).hexdigest() != version.tag:
+            raise Replaced(key)
+    elif store.version(key) != version:
+        raise Replaced(key)
+    return data
+
+
 def judge(store: Store, key: str, version: Version, terms: RoundTerms) -> dict:
-    """The verdict on one version of one upload; a valid first answer is copied to accepted/."""
+    """The verdict on one version of one upload; a valid first answer is copied to accepted/.
+    Raises Replaced (no verdict) when the object is no longer that version."""
     verdict = {"key": key, "version": version.id, "judged_at": datetime.now(timezone.utc).isoformat()}
     try:
         if version.modified > terms.deadline:
@@ -68,19 +86,23 @@ def judge(store: Store, key: str, version: Version, terms: RoundTerms) -> dict:
         if version.size > MAX_RESPONSE_BYTES:
             raise ProtocolError(f"{store.uri(key)}: {version.size} bytes, larger than the {MAX_RESPONSE_BYTES}-byte limit")
         try:
-            data = store.read_bytes(key, MAX_RESPONSE_BYTES)
-        except (StoreError, FileNotFoundError) as err:  # replaced or removed since the listing
-            if "larger than" not in str(err) and not isinstance(err, FileNotFoundError):
+            data = _read_listed(store, key, version)
+        except FileNotFoundError:
+            raise Replaced(key) from None
+        except StoreError as err:
+            if "larger than" not in str(err):
                 raise
-            raise ProtocolError(str(err)) from None
+            raise Replaced(key) from None  # it grew since the listing: not the listed version
         resp = check_upload(store, key, data, terms)
         copy = layout.accepted(terms.round_id, resp.client_id)
         try:
             store.write_bytes(copy, data, overwrite=False)
         except FileExistsError:
-            same = "identical to" if store.read_bytes(copy, MAX_RESPONSE_BYTES) == data else "differs from"
-            raise ProtocolError(f"{store.uri(key)}: duplicate upload from {resp.client_id!r} ({same} the accepted "
-                                "answer); the first one is used") from None  # fmt: skip
+            # the same bytes: this answer, judged again after a crash between the copy and the
+            # verdict (or uploaded twice): still the accepted answer, not a refusal
+            if store.read_bytes(copy, MAX_RESPONSE_BYTES) != data:
+                raise ProtocolError(f"{store.uri(key)}: duplicate upload from {resp.client_id!r} (differs from the "
+                                    "accepted answer); the first one is used") from None  # fmt: skip
         return {**verdict, "client_id": resp.client_id, "verdict": "accepted", "bytes": len(data)}
     except ProtocolError as err:
         return {**verdict, "verdict": "refused", "reason": str(err)}
@@ -89,11 +111,13 @@ def judge(store: Store, key: str, version: Version, terms: RoundTerms) -> dict:
 PARALLEL = 16  # uploads judged at once: each is a few small S3 requests, so threads overlap their waits
 
 
-def judge_new_uploads(store: Store, terms: RoundTerms) -> list[dict]:
+def judge_new_uploads(store: Store, terms: RoundTerms, errors: list[str] | None = None) -> list[dict]:
     """Judge every upload version not judged before (by anyone); returns the new verdicts.
-    Store errors propagate: the caller retries the sweep, nothing is half-judged (a
-    verdict is written only after its accepted copy). Uploads are judged in parallel:
-    each client writes only under its own name, so no two of them touch the same objects."""
+    Nothing is half-judged: a verdict is written only after its accepted copy. An upload
+    that cannot be judged now (the store failing) gets no verdict and is judged next
+    time; its error goes to `errors`, or is raised after the others are judged when
+    `errors` is None. Uploads are judged in parallel: each client writes only under its
+    own name, so no two of them touch the same objects."""
     judged = set(store.list(layout.verdicts_prefix(terms.round_id)))  # one LIST, not one request per upload
     todo = [(key, version, layout.verdict(terms.round_id, _digest(key, version)))
             for key, version in store.versions(layout.responses_prefix(terms.round_id)).items()]  # fmt: skip
@@ -101,15 +125,29 @@ def judge_new_uploads(store: Store, terms: RoundTerms) -> list[dict]:
 
     def one(item: tuple[str, Version, str]) -> dict | None:
         key, version, where = item
-        verdict = judge(store, key, version, terms)
+        try:
+            verdict = judge(store, key, version, terms)
+        except Replaced:
+            return None
         try:
             store.write_json(where, verdict, overwrite=False)
         except FileExistsError:
             return None  # judged at the same moment by another process: its verdict stands
         return verdict
 
+    new, failed = [], []
     with ThreadPoolExecutor(PARALLEL) as pool:
-        return [v for v in pool.map(one, todo) if v is not None]
+        for item, future in [(t, pool.submit(one, t)) for t in todo]:
+            try:
+                if (verdict := future.result()) is not None:
+                    new.append(verdict)
+            except Exception as err:  # noqa: BLE001 - judged again next time
+                failed.append((item[0], err))
+    if failed and errors is None:
+        raise failed[0][1]
+    if errors is not None:
+        errors += [f"{store.uri(key)}: not judged yet ({type(err).__name__}: {err})" for key, err in failed]
+    return new
 
 
 def verdicts(store: Store, round_id: str) -> list[dict]:
@@ -126,24 +164,35 @@ def answered(store: Store, round_id: str) -> set[str]:
     return {k.rsplit("/", 1)[-1].removesuffix(".json") for k in store.list(prefix)}
 
 
-def accepted_answers(store: Store, terms: RoundTerms) -> dict[str, Response]:
-    """The accepted answer of each client that has one (re-verified: accepted/ is cloud-only,
-    but a changed copy must never be used)."""
+def accepted_answers(store: Store, terms: RoundTerms, problems: list[dict] | None = None) -> dict[str, Response]:
+    """The accepted answer of each client that has one, re-verified: accepted/ is cloud-only,
+    but a copy changed since (or signed with a key rotated since) is never used; it is
+    left out and listed in `problems` instead of failing the round."""
     have = sorted(answered(store, terms.round_id) & set(terms.clients))
 
-    def read(client_id: str) -> Response:
-        data = store.read_bytes(layout.accepted(terms.round_id, client_id), MAX_RESPONSE_BYTES)
-        return check_upload(store, layout.response(terms.round_id, client_id), data, terms)
+    def read(client_id: str) -> Response | ProtocolError:
+        copy = layout.accepted(terms.round_id, client_id)
+        try:
+            return check_upload(store, layout.response(terms.round_id, client_id),
+                                store.read_bytes(copy, MAX_RESPONSE_BYTES), terms)  # fmt: skip
+        except ProtocolError as err:
+            return ProtocolError(f"{store.uri(copy)}: the accepted copy no longer verifies ({err})")
 
     with ThreadPoolExecutor(PARALLEL) as pool:
-        return dict(zip(have, pool.map(read, have)))
+        found = dict(zip(have, pool.map(read, have)))
+    for client_id, err in found.items():
+        if isinstance(err, ProtocolError) and problems is not None:
+            problems.append({"key": layout.accepted(terms.round_id, client_id), "reason": str(err)})
+    return {c: r for c, r in found.items() if not isinstance(r, ProtocolError)}
 
 
 def watcher_silence(store: Store, max_age_s: float = 30.0) -> str | None:
     """Why no watcher will resume a round suspended now, or None when one swept lately."""
     try:
         beat = store.read_json(layout.WATCHER_HEARTBEAT, 1 << 16)
+        age = (datetime.now(timezone.utc) - datetime.fromisoformat(beat["last_sweep_at"])).total_seconds()
     except FileNotFoundError:
-        return "no watcher has ever swept this store"
-    age = (datetime.now(timezone.utc) - datetime.fromisoformat(beat["last_sweep_at"])).total_seconds()
+        return "no watcher has swept this store yet"
+    except (StoreError, KeyError, TypeError, ValueError) as err:
+        return f"the watcher's heartbeat cannot be read ({type(err).__name__}: {err})"
     return f"the watcher last swept {age:.0f} s ago" if age > max_age_s else None

@@ -166,7 +166,7 @@ def test_oversized_upload_is_ledgered_once(unit, quiet_tasks, monkeypatch):
 # ---------------------------------------------------------------- 3: after the deadline
 def test_presigned_put_after_the_deadline_is_refused(unit, quiet_tasks):
     rid = f"f-late-{uuid.uuid4().hex[:6]}"
-    probe, inv = publish(unit, rid, 1.0)
+    probe, inv = publish(unit, rid, 2.0)
     time.sleep(max(0.0, (datetime.fromisoformat(probe["deadline"]) - datetime.now(timezone.utc)).total_seconds()) + 3.5)
     with pytest.raises(transport.TransportError) as err:
         transport.put(inv["client-0"].response_url, signed(rid, "client-0", [1.0] * K, unit.keys["client-0"]))
@@ -176,7 +176,7 @@ def test_presigned_put_after_the_deadline_is_refused(unit, quiet_tasks):
 
 def test_presigned_put_after_the_deadline_says_the_deadline_passed(unit, quiet_tasks):
     rid = f"f-late2-{uuid.uuid4().hex[:6]}"
-    probe, inv = publish(unit, rid, 1.0)
+    probe, inv = publish(unit, rid, 2.0)
     # the URLs expire at the deadline itself (tests/test_watcher.py checks deadline + 0.4 s)
     time.sleep(max(0.0, (datetime.fromisoformat(probe["deadline"]) - datetime.now(timezone.utc)).total_seconds()) + 1.0)
     with pytest.raises(transport.TransportError, match="deadline"):

@@ -120,7 +120,7 @@ def test_round_without_answers_fails_at_the_deadline(first_round, store_url, tmp
     from flows.round_flow import round_flow
     from tasks.responses import QuorumNotMet
 
-    cfg = TINY.model_copy(update={"deadline_s": 1.5, "domain_report": False})
+    cfg = TINY.model_copy(update={"deadline_s": 2.0, "domain_report": False})
     with pytest.raises(QuorumNotMet, match="0 of 1 clients answered"):
         round_flow(cfg, store_url, "t-round-4", False, str(tmp_path))
     ledger = Store(store_url).read_json(layout.round_key("t-round-4", "ledger.json"))

@@ -166,7 +166,7 @@ def test_a_broken_probe_resumes_its_own_round_and_the_others_go_on(live, quiet_t
     assert resumed_because(healthy) == "all 2 expected clients answered"
 
 
-def test_a_crashed_round_is_scheduled_again_and_a_crash_loop_is_left_alone(live):
+def test_a_crashed_round_is_scheduled_again_and_a_crash_loop_is_marked_failed(live):
     """A worker SIGKILLed mid-training leaves the run Crashed: the watcher schedules it
     again (its finished steps are in the store), at most MAX_CRASH_RETRIES times."""
     from prefect import get_client
@@ -180,7 +180,7 @@ def test_a_crashed_round_is_scheduled_again_and_a_crash_loop_is_left_alone(live)
             client.set_flow_run_state(run.id, Running(), force=True)
             client.set_flow_run_state(run.id, Crashed(message="worker killed"), force=True)
             Watcher().sweep()
-            expected = "AwaitingRetry" if attempt < MAX_CRASH_RETRIES else "Crashed"
+            expected = "AwaitingRetry" if attempt < MAX_CRASH_RETRIES else "Failed"
             assert client.read_flow_run(run.id).state.name == expected, attempt
 
 
@@ -189,7 +189,7 @@ def test_the_watcher_leaves_a_heartbeat_in_the_store_and_a_round_warns_without_o
     from ecos_core.store import Store
     from tasks.uploads import watcher_silence
 
-    assert watcher_silence(Store(str(tmp_path / "fresh"))) == "no watcher has ever swept this store"
+    assert watcher_silence(Store(str(tmp_path / "fresh"))) == "no watcher has swept this store yet"
     Watcher().sweep()
     assert watcher_silence(live.store) is None
     time.sleep(1.1)
