@@ -14,18 +14,9 @@ from ecos_core.config import RoundConfig
 from ecos_core.auth import enroll, signed_response_bytes
 from ecos_core.protocol import response_json_bytes
 from ecos_core.store import Store
+from tests_helpers_tiny import TINY_ROUND
 
-TINY = RoundConfig.model_validate(
-    {
-        "data": {"domain_sizes": {"mnist": 200, "mnistm": 200, "synth": 200, "animal": 200}, "n_client_train": 80,
-                 "n_client_test": 80},
-        "index": {"k": 8, "niter": 10, "nredo": 1, "batch_size": 128},
-        "sampling": {"budget": 60},
-        "train": {"max_epochs": 2, "max_steps": 10, "batch_size": 32},
-        "deadline_s": 120,
-        "poll_s": 0.3,
-    }
-)
+TINY = RoundConfig.model_validate({**TINY_ROUND, "local_baseline": True, "domain_report": True})
 
 
 @pytest.fixture(scope="module")
