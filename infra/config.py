@@ -141,6 +141,8 @@ class Config:
             return f"{self.s3_url} (bucket {self.s3_bucket}, data {self.s3_data_dir})"
         if name == "prefect":
             return f"{self.prefect_url} (UI), {self.prefect_api_url} (API)"
+        if name == "watcher":
+            return f"{self.prefect_api_url} (resumes suspended rounds; heartbeat {self.run_dir / 'watcher.heartbeat.json'})"
         return f"{self.prefect_api_url} pool {self.pool_for(name)}"
 
     def ensure_run_dir(self) -> None:
