@@ -91,10 +91,13 @@ def report_overhead(run_id: str, env: dict[str, str]) -> None:
 
 
 def screenshots(env: dict[str, str], run_id: str, out: Path) -> None:
-    """What a person sees in the Prefect UI: the deployments and the smoke round's run page."""
+    """What a person sees in the Prefect UI: the deployments, the runs, the smoke round's run
+    page and its artifacts."""
     ui = env["PREFECT_API_URL"].removesuffix("/api")
     out.mkdir(parents=True, exist_ok=True)
-    for name, page in (("deployments", "/deployments"), ("flow-run", f"/runs/flow-run/{run_id}")):
+    pages = (("deployments", "/deployments"), ("flow-run", f"/runs/flow-run/{run_id}"),
+             ("artifacts", f"/runs/flow-run/{run_id}?tab=Artifacts"), ("runs", "/runs"))  # fmt: skip
+    for name, page in pages:
         subprocess.run(["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                         "--disable-background-networking", "--disable-component-update", "--disable-sync",
                         f"--user-data-dir={tempfile.mkdtemp()}", "--window-size=1400,1000", "--virtual-time-budget=15000",
