@@ -15,6 +15,7 @@ reads to know that this start is alive; infra/supervise.py restarts it if it die
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import time
@@ -98,6 +99,16 @@ def round_of(run: FlowRun) -> tuple[str, RoundConfig, str]:
             params.get("store_url") or Settings().store)  # fmt: skip
 
 
+@functools.lru_cache(maxsize=256)
+def round_terms(store_url: str, round_id: str, clients: tuple[str, ...]) -> RoundTerms:
+    """A round's probe, verified once and kept: every sweep needs it, and it never changes
+    (a probe that fails to verify raises, and is not kept)."""
+    store = catalog.store(store_url)
+    probe, _ = decode_probe(store.read_bytes(layout.probe_json(round_id)), store.read_bytes(layout.probe_centroids(round_id)),
+                            store.uri(layout.probe_json(round_id)), round_id)  # fmt: skip
+    return RoundTerms.load(store, round_id, list(clients), probe.k, probe.sigma, probe.deadline)
+
+
 def tend(run: FlowRun) -> str | None:
     """Judge the round's new uploads; why it may resume now, or None to keep it waiting."""
     round_id, cfg, store_url = round_of(run)
@@ -105,18 +116,16 @@ def tend(run: FlowRun) -> str | None:
     if not store.exists(layout.probe_json(round_id)):
         return None
     try:
-        probe, _ = decode_probe(store.read_bytes(layout.probe_json(round_id)), store.read_bytes(layout.probe_centroids(round_id)),
-                                store.uri(layout.probe_json(round_id)), round_id)  # fmt: skip
+        terms = round_terms(store_url, round_id, tuple(cfg.clients))
     except (ProtocolError, ValueError) as err:  # no device can answer a probe that does not verify
         return f"its probe is unreadable ({one_line(err)}); resumed so the round reports it"
     clients = list(cfg.clients)
-    terms = RoundTerms.load(store, round_id, clients, probe.k, probe.sigma, probe.deadline)
     for v in judge_new_uploads(store, terms):
         log(f"round {round_id}: {v['key']}: " + ("accepted" if v["verdict"] == "accepted" else f"refused: {v['reason']}"))
     have = answered(store, round_id) & set(clients)
     if have >= set(clients):
         return f"all {len(clients)} expected clients answered"
-    if datetime.now(timezone.utc) >= probe.deadline:
+    if datetime.now(timezone.utc) >= terms.deadline:
         return f"deadline passed with {len(have)} of {len(clients)} answers"
     return None
 

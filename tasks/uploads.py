@@ -14,6 +14,7 @@ of each invited client is never lost or replaced. It holds because
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 from concurrent.futures import ThreadPoolExecutor
@@ -40,8 +41,13 @@ class RoundTerms:
 
     @staticmethod
     def load(store: Store, round_id: str, clients: list[str], k: int, sigma: float, deadline: datetime) -> "RoundTerms":
-        keys = {c: load_enrollment(store, c).key_b64 for c in clients}
-        return RoundTerms(round_id, tuple(clients), k, sigma, deadline, keys.get)  # only invited clients have a key
+        invited = frozenset(clients)
+
+        @functools.cache
+        def key_for(client_id: str) -> str | None:  # read when its first upload is judged, not all upfront
+            return load_enrollment(store, client_id).key_b64 if client_id in invited else None
+
+        return RoundTerms(round_id, tuple(clients), k, sigma, deadline, key_for)  # only invited clients have a key
 
 
 def check_upload(store: Store, key: str, data: bytes, terms: RoundTerms) -> Response:
