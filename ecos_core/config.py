@@ -153,6 +153,13 @@ class RoundConfig(BaseModel):
     train: TrainConfig = TrainConfig()
     dask: DaskConfig = DaskConfig()
 
+    def for_real_devices(self) -> "RoundConfig":
+        """Real devices keep their data: no Oracle (it needs their features), no Local (their
+        training data), no accuracy on their test data, and no built-in per-domain check."""
+        return self.model_copy(update={
+            "sampling": self.sampling.model_copy(update={"samplers": tuple(m for m in self.sampling.samplers if m != "oracle")}),
+            "train": self.train.model_copy(update={"evaluate": False}), "local_baseline": False, "domain_report": False})  # fmt: skip
+
     @model_validator(mode="after")
     def _quorum(self) -> "RoundConfig":
         if self.quorum > len(self.clients):

@@ -62,14 +62,6 @@ def wait_for_responses(store_url: str, round_id: str, timeout_s: int) -> str:
     return suspend_flow_run(wait_for_input=ResponsesReady, key=f"responses-{round_id}", timeout=timeout_s).reason
 
 
-def for_real_devices(cfg: RoundConfig) -> RoundConfig:
-    """Real devices keep their data: no Oracle (it needs their features), no Local (their
-    training data), no accuracy on their test data, and no built-in per-domain check."""
-    return cfg.model_copy(update={
-        "sampling": cfg.sampling.model_copy(update={"samplers": tuple(m for m in cfg.sampling.samplers if m != "oracle")}),
-        "train": cfg.train.model_copy(update={"evaluate": False}), "local_baseline": False, "domain_report": False})  # fmt: skip
-
-
 @flow(name="ecos-round", log_prints=True, flow_run_name=_run_name)
 def round_flow(
     cfg: RoundConfig = RoundConfig(),
@@ -87,7 +79,7 @@ def round_flow(
     settings = Settings()
     store_url, device_dir = store_url or settings.store, device_dir or settings.device_dir
     round_id = round_id or round_id_of_run(str(flow_run.id))
-    cfg = cfg if simulate_clients else for_real_devices(cfg)
+    cfg = cfg if simulate_clients else cfg.for_real_devices()
     steps = StepLog(store_url, round_id)
     indexed = index_flow(cfg, store_url)
     feature_keys, index_key = indexed["features"]["keys"], indexed["index"]["key"]
