@@ -50,7 +50,7 @@ from ecos_core.annotation import annotate_with_ground_truth, export_for_annotati
 from ecos_core.features import content_key, embed
 from ecos_core.index import PoolIndex, build_index, l2_normalize
 from ecos_core.privacy import gaussian_epsilon, gaussian_event
-from ecos_core.private_knn import combined_epsilon, private_knn_event, private_knn_labels
+from ecos_core.private_knn import combined_epsilon
 from ecos_core.protocol import Response, encode_probe, encode_response
 from ecos_core.samplers import SamplingPool, make_sampler
 from ecos_core.semisup import FixMatchConfig, train_fixmatch
@@ -88,6 +88,9 @@ class Setup:
     index: PoolIndex
     counts: np.ndarray  # exact coverage counts (K,)
     client_s: float  # client compute: embedding its train set + scoring
+    label_pool: np.ndarray  # the space client labeling runs in: the adapted one when there is one
+    label_train: np.ndarray
+    space_bytes: int = 0  # the adapted space's weights, shipped in the probe
 
 
 @dataclass
@@ -206,6 +209,14 @@ class BenchContext:
         rows = pd.Index(np.concatenate([parts[n].ids for n in names]).astype(str))
         train_f = table[rows.get_indexer(train.ids.astype(str))]
         pool_f = table[rows.get_indexer(pool.ids.astype(str))]
+        label_pool, label_train, space_bytes = pool_f, train_f, 0
+        if spec.feature_space == "combined":
+            from ecos_core.adapted_space import combined
+            from ecos_core.bench_spaces import adapted_features
+
+            adapted = adapted_features(spec, self.store, pool, train, seed)
+            label_pool, label_train, space_bytes = adapted.pool, adapted.train, adapted.weights_bytes
+            pool_f, train_f = combined(pool_f, adapted.pool), combined(train_f, adapted.train)
         if spec.k > len(pool):
             raise ValueError(f"k={spec.k} is larger than the pool ({len(pool)} samples) for {client_domain}/{regime}")
         index = build_index(pool_f, spec.k, seed, spec.niter, spec.nredo)
@@ -214,7 +225,8 @@ class BenchContext:
         score_s = time.perf_counter() - start
         per_image = self._embed_s.get((client_domain, seed), float("nan"))
         setup = Setup(train, test, pool, train_f, l2_normalize(pool_f), index, counts,
-                      client_s=per_image * len(train) + score_s)  # fmt: skip
+                      client_s=per_image * len(train) + score_s, label_pool=label_pool, label_train=label_train,
+                      space_bytes=space_bytes)  # fmt: skip
         self._setups[key] = setup
         return setup
 
@@ -290,10 +302,12 @@ def run_cell(cell: Cell, ctx: BenchContext) -> dict:
         eps = gaussian_epsilon(cell.sigma, spec.delta)
         events.append(gaussian_event(cell.sigma))
         down, up = _probe_bytes(k, dim, bspec, cell.sigma, spec.delta, spec.coverage == "ball")
+        down += s.space_bytes
         macs, client_s = _client_macs(spec, len(s.train), k, dim), s.client_s
     elif cell.sampler == "oracle":  # exact counts: no noise, no guarantee
         eps = float("inf")
         down, up = _probe_bytes(k, dim, bspec, 1.0, spec.delta, spec.coverage == "ball")
+        down += s.space_bytes
         macs, client_s = _client_macs(spec, len(s.train), k, dim), s.client_s
     else:  # blind to the client
         eps, down, up, macs, client_s = 0.0, 0, 0, 0.0, 0.0
@@ -318,20 +332,22 @@ def run_cell(cell: Cell, ctx: BenchContext) -> dict:
         extra.update(teacher_accuracy=accuracy(teacher.model, s.test), teacher_params=result.teacher_size["params"],
                      student_params=result.student_size["params"])  # fmt: skip
     elif cell.application == "client_labeling":
+        from ecos_core.bench_spaces import client_labels
+
         t0 = time.perf_counter()
-        labels = private_knn_labels(s.pool_features[picked], s.train_features, s.train.labels, k=spec.knn_k,
-                                    sigma=spec.knn_sigma, classes=spec.train.num_classes,
-                                    sample_rate=spec.knn_sample_rate, seed=cell.seed)  # fmt: skip
-        knn_s = time.perf_counter() - t0
-        knn = private_knn_event(max(len(picked), 1), spec.knn_sigma, spec.knn_sample_rate)
-        eps = float("inf") if cell.sampler == "oracle" else combined_epsilon([*events, knn], spec.delta)
-        result = train_classifier(ImageSet(proxy.images, labels, proxy.domains, proxy.ids), spec.train, cell.seed)
-        acc, train_s = accuracy(result.model, s.test), result.seconds
-        down += 4 * len(picked) * dim  # the selected samples' features
-        up += 8 * len(picked)  # one int64 label each
-        macs += float(len(picked) * len(s.train) * dim)  # exact kNN search
-        client_s += knn_s
-        extra["label_agreement"] = float((labels == proxy.labels).mean()) if len(picked) else float("nan")
+        answer = client_labels(spec, s.label_pool[picked], s.label_train, s.train.labels, cell.seed)
+        client_s += time.perf_counter() - t0
+        eps = float("inf") if cell.sampler == "oracle" else combined_epsilon([*events, *answer.events], spec.delta)
+        given = answer.labels >= 0  # a group the client's data does not reach is not trained on
+        extra.update(label_agreement=float((answer.labels[given] == proxy.labels[given]).mean()) if given.any() else float("nan"),
+                     labelled=int(given.sum()))  # fmt: skip
+        if given.any():
+            labelled = ImageSet(proxy.images[given], answer.labels[given], proxy.domains[given], proxy.ids[given])
+            result = train_classifier(labelled, spec.train, cell.seed)
+            acc, train_s = accuracy(result.model, s.test), result.seconds
+        else:
+            acc, train_s = float("nan"), 0.0
+        down, up, macs = down + answer.bytes_down, up + answer.bytes_up, macs + answer.macs
     else:  # validated by GridSpec; a hand-made Cell may still be wrong
         raise ValueError(f"unknown application {cell.application!r}; known: {list(APPLICATIONS)}")
 

@@ -25,7 +25,11 @@ MOBILENET_V2_MACS_224 = 0.30e9  # multiply-accumulates per image at 224×224
 ROW_FIELDS = ("client_domain", "regime", "budget", "sampler", "application", "seed", "sigma")
 # Options added after cells were stored: they enter the grid key only when set, so adding
 # an option keeps every finished cell.
-_KEYED_WHEN_SET = ("pool_data", "distractor_domains")
+_KEYED_WHEN_SET = ("pool_data", "distractor_domains", "adapted_size", "adapted_width", "label_groups", "label_sigma",
+                   "label_min_sigmas")  # fmt: skip
+# Options whose first value is not their default: they stay out of the key at that value,
+# so the cells stored before the option existed are still found.
+_LEGACY = {"feature_space": "backbone", "client_labeler": "knn"}
 
 
 def _csv(values: Any) -> Any:
@@ -77,6 +81,17 @@ class GridSpec(BaseModel):
     # (domain_sizes caps them only when given explicitly)
     pool_data: str | None = None
     distractor_domains: tuple[str, ...] = DISTRACTOR_DOMAINS  # off-task domains, for the distractor share
+    # "combined": the backbone's features beside a pool-adapted space (ecos_core.adapted_space),
+    # trained on `adapted_size` annotated pool images ("none" for the distractor domains)
+    feature_space: Literal["backbone", "combined"] = "combined"
+    adapted_size: int = Field(3000, ge=10)
+    adapted_width: int = Field(16, ge=4)
+    # automated client labeling: "clusters" = one noisy label histogram over label_groups groups
+    # of the selection (ecos_core.cluster_labels); "knn" = Private-kNN per selected sample
+    client_labeler: Literal["knn", "clusters"] = "clusters"
+    label_groups: int = Field(35, ge=1)
+    label_sigma: float = Field(2.0, gt=0)
+    label_min_sigmas: float = Field(3.0, ge=0)
 
     @field_validator("client_domains", "samplers", "applications", "regimes", "budgets", "seeds", "sigmas",
                      "distractor_domains", mode="before")  # fmt: skip
@@ -149,6 +164,7 @@ class GridSpec(BaseModel):
         """Everything but the axes: what makes two cells with equal fields comparable."""
         axes = {"client_domains", "regimes", "budgets", "samplers", "applications", "seeds", "sigmas"}
         unset = {n for n in _KEYED_WHEN_SET if getattr(self, n) == type(self).model_fields[n].default}
+        unset |= {n for n, legacy in _LEGACY.items() if getattr(self, n) == legacy}
         return self.model_dump(mode="json", exclude=axes | unset)
 
     @property

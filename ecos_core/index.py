@@ -84,7 +84,9 @@ def train_centroids(x: np.ndarray, k: int, seed: int = 0, niter: int = 25, nredo
         raise ValueError(f"k must be between 1 and the number of points {len(x)}, got {k}")
     if not np.isfinite(x).all():
         raise ValueError("pool features contain NaN or inf")
-    kmeans = faiss.Kmeans(x.shape[1], k, niter=niter, nredo=nredo, seed=seed, max_points_per_centroid=len(x), verbose=False)
+    # min_points_per_centroid=1: no "please provide more points" warning (small k-means are fine here)
+    kmeans = faiss.Kmeans(x.shape[1], k, niter=niter, nredo=nredo, seed=seed, max_points_per_centroid=len(x),
+                          min_points_per_centroid=1, verbose=False)  # fmt: skip
     kmeans.train(np.ascontiguousarray(x, dtype=np.float32))
     return kmeans.centroids.astype(np.float32)
 
