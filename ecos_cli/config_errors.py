@@ -72,4 +72,4 @@ def _describe(error: dict, model: Any, flags: dict[str, str], source: str) -> st
         return f"{where}: unknown key" + (f"; did you mean '{hint}'?" if hint else "")
     message = error["msg"].removeprefix("Value error, ")
     shown = error.get("input")
-    return f"{where}: {message}" + ("" if isinstance(shown, dict) or not path else f" (got {shown!r})")
+    return f"{where}: {message}" + ("" if isinstance(shown, dict) or shown is None or not path else f" (got {shown!r})")

@@ -31,6 +31,8 @@ app.add_typer(infra_app, name="infra")
 from ecos_cli.bench import bench_app  # noqa: E402
 app.add_typer(bench_app, name="bench")
 from ecos_cli.pool import DaskAddressOpt, WorkersOpt, pool_app  # noqa: E402
+from ecos_cli.backbone import (BACKBONE_FLAGS, BackboneOpt, FeatureDimOpt, ModelShaOpt, ModelUrlOpt,  # noqa: E402
+                               backbone_overrides, name_user_model_flags)
 
 app.add_typer(pool_app, name="pool")
 PoolOpt = typer.Option(None, "--pool", help="Your pool: an ingested pool's URL, a manifest or an image folder "
@@ -44,7 +46,7 @@ StoreOpt = typer.Option(None, "--store", help="Artifact store URL (folder or s3:
 
 FLAGS = {"data.client_domain": "--client-domain", "data.regime": "--regime", "sampling.budget": "--budget", "index.k": "--k",
          "sigma": "--sigma", "seed": "--seed", "clients": "--clients", "data.pool": "--pool", "data.client": "--client-data",
-         "dask.address": "--dask-address", "dask.workers": "--workers"}  # fmt: skip
+         "dask.address": "--dask-address", "dask.workers": "--workers", **BACKBONE_FLAGS}  # fmt: skip
 
 
 def _round_config(config: Optional[Path], overrides: dict):  # noqa: ANN202
@@ -63,6 +65,7 @@ def _round_config(config: Optional[Path], overrides: dict):  # noqa: ANN202
             node = node.setdefault(p, {})
         node[leaf] = value
         given[dotted] = FLAGS.get(dotted, dotted)
+    name_user_model_flags(given)
     return validate(RoundConfig, base, given, f"--config {config}" if config else "the flags")
 
 
@@ -102,6 +105,8 @@ def run(
                                                          "manifest), split into its train and test."),  # fmt: skip
     dask_address: Optional[str] = DaskAddressOpt,
     workers: Optional[int] = WorkersOpt,
+    backbone: Optional[str] = BackboneOpt, model_url: Optional[str] = ModelUrlOpt,
+    model_sha256: Optional[str] = ModelShaOpt, feature_dim: Optional[int] = FeatureDimOpt,
 ) -> None:
     """The main job: one full ECOS round on the built-in pool with a simulated client process;
     prints ECOS vs Random, K-Center, Oracle and Local, and writes the report to the store."""
@@ -109,7 +114,8 @@ def run(
                                  "index.k": k, "sigma": sigma, "seed": seed,
                                  "clients": [f"client-{i}" for i in range(clients)] if clients is not None else None,
                                  "data.pool": pool, "data.client": client_data, "dask.address": dask_address,
-                                 "dask.workers": workers})  # fmt: skip
+                                 "dask.workers": workers,
+                                 **backbone_overrides(backbone, model_url, model_sha256, feature_dim)})  # fmt: skip
     opened = _open_store(store, check=True)  # before the heavy imports: a bad store fails at once
     from ecos_cli.interrupt import stop_cleanly
     from ecos_core import layout
@@ -161,9 +167,12 @@ def index(
     k: Optional[int] = typer.Option(None, "--k", help="Number of centroids K (default 100)."),
     dask_address: Optional[str] = DaskAddressOpt,
     workers: Optional[int] = WorkersOpt,
+    backbone: Optional[str] = BackboneOpt, model_url: Optional[str] = ModelUrlOpt,
+    model_sha256: Optional[str] = ModelShaOpt, feature_dim: Optional[int] = FeatureDimOpt,
 ) -> None:
-    """Run only the index flow: pool features (cached by content) and faiss KMeans."""
-    cfg = _round_config(config, {"data.pool": pool, "index.k": k, "dask.address": dask_address, "dask.workers": workers})
+    """Run only the index flow: pool features (cached by content, per backbone) and faiss KMeans."""
+    cfg = _round_config(config, {"data.pool": pool, "index.k": k, "dask.address": dask_address, "dask.workers": workers,
+                                 **backbone_overrides(backbone, model_url, model_sha256, feature_dim)})  # fmt: skip
     url = _open_store(store, check=True).url  # before the heavy imports: a bad store fails at once
     from flows.index_flow import index_flow
 
@@ -178,7 +187,8 @@ def client_respond(
     data: str = typer.Option(..., help="Local data: an image folder, a manifest (.csv/.parquet), an ImageSet .npz, or builtin:<domain>."),
     ledger: Path = typer.Option(Path("ecos-privacy-ledger.json"), help="This device's privacy ledger (ε spent so far)."),
     seed: Optional[int] = typer.Option(None, help="Noise seed (simulations only; default: fresh OS entropy)."),
-    weights: Optional[str] = typer.Option(None, help="Local backbone weights file (default: the packaged MobileNetV2)."),
+    weights: Optional[str] = typer.Option(None, help="A local file of the probe's backbone (weights, or an ONNX model; "
+                                                     "default: packaged, or the probe's URL), checked against its sha256."),
     progress: bool = typer.Option(True, help="Show a progress bar."),
 ) -> None:
     """Answer one round: verify the probe, compute the noisy coverage scores on local data,

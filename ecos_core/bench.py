@@ -63,6 +63,7 @@ from ecos_core.bench_grid import (
     BENCH_SAMPLERS,
     NOISY_SAMPLERS,
     LOCAL_APPLICATIONS,
+    BACKBONE_MACS_224,
     MOBILENET_V2_MACS_224,
     ROW_FIELDS,
     GridSpec,
@@ -112,10 +113,10 @@ class BenchContext:
 
     @functools.cached_property
     def backbone(self) -> tuple[Any, BackboneSpec]:
-        _, default = load_backbone()
-        spec = BackboneSpec(weights_sha256=default.weights_sha256, preprocessing=self.spec.preprocessing)
-        model, spec = load_backbone(spec)
-        return model, spec
+        from ecos_core.backbones import resolve_spec
+
+        spec = resolve_spec(self.spec.backbone, self.spec.preprocessing, self.spec.model_url, self.spec.model_sha256)
+        return load_backbone(spec)
 
     def domains(self, seed: int) -> dict[str, ImageSet]:
         """The pool's domains for this seed: built-in ones at domain_sizes, or the user's
@@ -249,8 +250,8 @@ def _probe_bytes(k: int, dim: int, bspec: BackboneSpec, sigma: float, delta: flo
 
 
 def _embed_macs(spec: GridSpec) -> float:
-    """Backbone MACs of one image: 0.30 GMAC at 224 px, proportional to the pixels."""
-    return MOBILENET_V2_MACS_224 * (spec.preprocessing.size / 224) ** 2
+    """Backbone MACs of one image: at 224 px (MobileNetV2 0.30 GMAC), proportional to the pixels."""
+    return BACKBONE_MACS_224.get(spec.backbone, float("nan")) * (spec.preprocessing.size / 224) ** 2
 
 
 def _client_macs(spec: GridSpec, n_samples: int, k: int, dim: int) -> float:

@@ -10,7 +10,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ecos_core.feature_space import Preprocessing
-from ecos_core.config import DEFAULT_DOMAIN_SIZES, DataConfig
+from ecos_core.config import DEFAULT_DOMAIN_SIZES, DataConfig, IndexConfig
 from ecos_core.data.builtin import BUILTIN_DOMAINS, DISTRACTOR_DOMAINS
 from ecos_core.distill import TEACHER_WIDTH, DistillConfig
 from ecos_core.features import content_key
@@ -22,11 +22,13 @@ BENCH_SAMPLERS: tuple[str, ...] = (*SAMPLERS, "local")
 NOISY_SAMPLERS = ("ecos",)  # the only samplers whose result depends on σ
 LOCAL_APPLICATIONS = ("labeling",)  # Local trains on the client's labelled data: no proxy set
 MOBILENET_V2_MACS_224 = 0.30e9  # multiply-accumulates per image at 224×224
+# per backbone, at 224×224 (conv + linear layers counted with forward hooks; a user's model: unknown)
+BACKBONE_MACS_224 = {"mobilenet_v2": MOBILENET_V2_MACS_224, "efficientnet_lite0": 0.39e9}
 ROW_FIELDS = ("client_domain", "regime", "budget", "sampler", "application", "seed", "sigma")
 # Options added after cells were stored: they enter the grid key only when set, so adding
 # an option keeps every finished cell.
-_KEYED_WHEN_SET = ("pool_data", "distractor_domains", "adapted_size", "adapted_width", "label_groups", "label_sigma",
-                   "label_min_sigmas")  # fmt: skip
+_KEYED_WHEN_SET = ("pool_data", "distractor_domains", "backbone", "model_url", "model_sha256", "adapted_size",
+                   "adapted_width", "label_groups", "label_sigma", "label_min_sigmas")  # fmt: skip
 # Options whose first value is not their default: they stay out of the key at that value,
 # so the cells stored before the option existed are still found.
 _LEGACY = {"feature_space": "backbone", "client_labeler": "knn"}
@@ -61,6 +63,11 @@ class GridSpec(BaseModel):
     nredo: int = Field(3, ge=1)
     coverage: Literal["ball", "nearest"] = "ball"  # see ecos_core.config.IndexConfig
     preprocessing: Preprocessing = Preprocessing()
+    # the feature space (see ecos_core.config.IndexConfig): mobilenet_v2 (default), efficientnet_lite0,
+    # or onnx with model_url + model_sha256
+    backbone: str = "mobilenet_v2"
+    model_url: str | None = None
+    model_sha256: str | None = None
     embed_batch_size: int = Field(128, ge=1)
     delta: float = Field(1e-5, gt=0, lt=1)
     threshold_sigmas: float = Field(3.0, ge=0)
@@ -139,6 +146,10 @@ class GridSpec(BaseModel):
 
     @model_validator(mode="after")
     def _data_configs(self) -> GridSpec:
+        try:
+            IndexConfig(backbone=self.backbone, model_url=self.model_url, model_sha256=self.model_sha256)
+        except ValidationError as err:
+            raise ValueError("; ".join(e["msg"].removeprefix("Value error, ") for e in err.errors())) from None
         if self.knn_k > self.n_client_train:
             raise ValueError(f"knn_k {self.knn_k} is larger than n_client_train {self.n_client_train}")
         if self.pool_data is not None:  # a user's pool: its domains are known once loaded (BenchContext.check)

@@ -8,12 +8,13 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from typing import Any
 
 import numpy as np
 
 from ecos_core import transport
 from ecos_core.auth import Enrollment, signed_response_bytes, verify
-from ecos_core.backbone import load_backbone
+from ecos_core.backbones import load_backbone
 from ecos_core.coverage import noisy_coverage_scores
 from ecos_core.features import embed
 from ecos_core.privacy import gaussian_epsilon
@@ -37,6 +38,21 @@ class ClientAnswer:
     seconds: float
 
 
+def probe_backbone(probe: Probe, weights_path: str | None = None) -> Any:
+    """The probe's feature extractor on this device, or one line saying why there is none:
+    a backbone it does not have (weights package, model file), or weights that differ."""
+    source = f"round {probe.round_id}: the probe's backbone {probe.backbone.describe()}"
+    try:
+        model, _ = load_backbone(probe.backbone, weights_path=weights_path)
+    except FileNotFoundError as err:
+        raise ProtocolError(f"{source} is not on this device: {err}") from None
+    except ValueError as err:
+        raise ProtocolError(f"{source} does not match this device's: {err}") from None
+    if getattr(model, "feature_dim", probe.dim) != probe.dim:
+        raise ProtocolError(f"{source} gives {model.feature_dim}-d features, the probe's centroids are {probe.dim}-d")
+    return model
+
+
 def answer_probe(
     probe: Probe,
     centroids: np.ndarray,
@@ -45,6 +61,7 @@ def answer_probe(
     seed: int | None = None,
     weights_path: str | None = None,
     show_bar: bool = True,
+    model: Any = None,
 ) -> ClientAnswer:
     """Embed the local images with the probe's backbone and return the noisy scores.
 
@@ -52,8 +69,8 @@ def answer_probe(
     so the scores are always computed in the cloud's feature space.
     """
     start = time.perf_counter()
-    model, spec = load_backbone(probe.backbone, weights_path=weights_path)
-    feats = embed(images, model, spec.preprocessing, show_bar=show_bar, desc=f"{client_id} features")
+    model = model if model is not None else probe_backbone(probe, weights_path)
+    feats = embed(images, model, probe.backbone.preprocessing, show_bar=show_bar, desc=f"{client_id} features")
     scores = noisy_coverage_scores(feats, centroids, probe.sigma, seed, probe.radii())
     wire = response_json_bytes(probe.round_id, client_id, scores)
     eps = gaussian_epsilon(probe.sigma, probe.delta)
@@ -70,8 +87,9 @@ def respond(
     show_bar: bool = True,
 ) -> ClientAnswer:
     """Answer one invitation: verify the probe (MAC with the enrollment key, centroids
-    hash, backbone hash), refuse if the privacy budget would be exceeded, compute the
-    noisy scores, sign them, and upload them to the invitation's own URL."""
+    hash; its backbone must be on this device, with the same weights), refuse if the
+    privacy budget would be exceeded, compute the noisy scores, sign them, and upload them
+    to the invitation's own URL. Every refusal comes before any feature or ε."""
     source = f"round {invitation.round_id} probe"
     if invitation.client_id != enrollment.client_id:
         raise ProtocolError(f"invitation is for {invitation.client_id!r}, this device is {enrollment.client_id!r}")
@@ -82,8 +100,9 @@ def respond(
         raise ProtocolError(f"{source}: its MAC does not verify with this device's key (forged or altered)")
     npy = transport.fetch(invitation.centroids_url, MAX_CENTROID_BYTES)
     probe, centroids = decode_probe(probe_json, npy, source, expected_round=invitation.round_id)
+    model = probe_backbone(probe, weights_path)  # a backbone this device lacks: refused before any ε or feature
     ledger.check(probe.round_id, probe.sigma, probe.delta, enrollment.epsilon_budget)
-    answer = answer_probe(probe, centroids, images, enrollment.client_id, seed, weights_path, show_bar)
+    answer = answer_probe(probe, centroids, images, enrollment.client_id, seed, weights_path, show_bar, model)
     signed = signed_response_bytes(answer.wire, enrollment.key_b64)
     ledger.record(probe.round_id, probe.sigma, probe.delta)  # before the upload: a lost upload still counts
     transport.put(invitation.response_url, signed)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from ecos_core.data.domains import BUILTIN_DOMAINS
-from ecos_core.feature_space import Preprocessing
+from ecos_core.feature_space import BACKBONES, DEFAULT_BACKBONE, SHA256_PATTERN, USER_MODEL, Preprocessing, unknown_backbone
 from ecos_core.samplers import SAMPLERS
 
 
@@ -87,6 +87,13 @@ class IndexConfig(BaseModel):
     k: int = Field(100, ge=2)  # ≈ the paper's 2e5-byte DomainNet probe at d=512
     niter: int = Field(25, ge=1)
     nredo: int = Field(3, ge=1)
+    # the feature space: mobilenet_v2 | efficientnet_lite0 (weights shipped in packages) |
+    # onnx (your own ONNX file at model_url, pinned by model_sha256, run by onnxruntime; its
+    # feature_dim is measured when not given). Devices must have the same backbone.
+    backbone: str = DEFAULT_BACKBONE
+    model_url: str | None = Field(None, min_length=1, validate_default=True)
+    model_sha256: str | None = Field(None, pattern=SHA256_PATTERN, validate_default=True)
+    feature_dim: int | None = Field(None, ge=1, le=100_000, validate_default=True)
     preprocessing: Preprocessing = Preprocessing()
     batch_size: int = Field(128, ge=1)  # faster than 256+ on 2 CPU cores
     # an ingested pool trains KMeans on a seeded sample of k × this many points (faiss's own
@@ -98,6 +105,23 @@ class IndexConfig(BaseModel):
     # "ball": a client sample counts only inside its nearest cluster's ball (the probe sends
     # the K radii); "nearest": it counts at its nearest centroid however far (the paper's rule)
     coverage: Literal["ball", "nearest"] = "ball"
+
+    @field_validator("backbone")
+    @classmethod
+    def _known_backbone(cls, value: str) -> str:
+        if value not in BACKBONES:
+            raise ValueError(unknown_backbone(value))
+        return value
+
+    @field_validator("model_url", "model_sha256", "feature_dim")
+    @classmethod
+    def _user_model_only(cls, value: object, info: ValidationInfo) -> object:
+        backbone = info.data.get("backbone")
+        if backbone == USER_MODEL and value is None and info.field_name != "feature_dim":
+            raise ValueError(f"backbone {USER_MODEL!r} needs {info.field_name} (your model file's URL and its sha256)")
+        if backbone is not None and backbone != USER_MODEL and value is not None:
+            raise ValueError(f"{info.field_name} is only for backbone {USER_MODEL!r} (the backbone is {backbone!r})")
+        return value
 
 
 class SamplingConfig(BaseModel):

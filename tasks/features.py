@@ -17,11 +17,12 @@ from tasks.common import STORAGE_RETRIES, progress_artifact
 
 
 def backbone_spec(index: IndexConfig) -> BackboneSpec:
-    """The feature space of this deployment: local weights (hash-checked) + preprocessing."""
-    from ecos_core.backbone import load_backbone  # here: torch only when features are computed
+    """The feature space of this deployment: the chosen backbone, its weights (hash-checked;
+    a user's model fetched, hashed and its output checked) + preprocessing. Its JSON is part
+    of every feature key, hence of every index key: two backbones never share a cache entry."""
+    from ecos_core.backbones import resolve_spec  # here: torch only when features are computed
 
-    _, default = load_backbone()
-    return BackboneSpec(weights_sha256=default.weights_sha256, preprocessing=index.preprocessing)
+    return resolve_spec(index.backbone, index.preprocessing, index.model_url, index.model_sha256, index.feature_dim)
 
 
 @task(name="extract-features", **STORAGE_RETRIES)
@@ -30,7 +31,7 @@ def extract_features(store_url: str, data: DataConfig, index: IndexConfig, seed:
     log = get_run_logger()
     store = catalog.store(store_url)
     spec = backbone_spec(index)
-    from ecos_core.backbone import load_backbone
+    from ecos_core.backbones import load_backbone
     from ecos_core.features import embed
 
     model, _ = load_backbone(spec)

@@ -39,7 +39,7 @@ def embed_shard(store_url: str, pool_url: str, sha256: str, spec: BackboneSpec, 
     device "auto": this worker's GPU when it has one."""
     import torch
 
-    from ecos_core.backbone import load_backbone  # here: the driver never needs torch
+    from ecos_core.backbones import load_backbone  # here: the driver never needs torch
     from ecos_core.features import embed
 
     device = "cuda" if device == "auto" and torch.cuda.is_available() else "cpu"

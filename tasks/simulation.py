@@ -70,7 +70,7 @@ def oracle_counts(store_url: str, cfg: RoundConfig, feature_keys: dict[str, str]
     """Exact, noise-free coverage counts: what only a non-private oracle could know."""
     shard = client_shard(cfg, client_id)
     if cfg.data.pool or cfg.data.client:  # the client is not part of the cloud's feature cache: embed it here
-        from ecos_core.backbone import load_backbone  # here: torch only when the Oracle is asked for
+        from ecos_core.backbones import load_backbone  # here: torch only when the Oracle is asked for
         from ecos_core.features import embed
 
         model, _ = load_backbone(spec := backbone_spec(cfg.index))

