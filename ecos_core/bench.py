@@ -46,6 +46,7 @@ from ecos_core.pool.reader import is_pool, load_pool
 from ecos_core.settings import Settings
 from ecos_core.data.split import REGIMES, split_client_pool, subsample
 from ecos_core.distill import distill, train_teacher
+from ecos_core.feedback import select_with_feedback
 from ecos_core.annotation import annotate_with_ground_truth, export_for_annotation, import_labels
 from ecos_core.features import content_key, embed
 from ecos_core.index import PoolIndex, build_index, l2_normalize
@@ -293,7 +294,12 @@ def run_cell(cell: Cell, ctx: BenchContext) -> dict:
     noisy = add_noise(s.counts, cell.sigma, seed=cell.seed) if cell.sampler == "ecos" else None
     sampler = make_sampler(cell.sampler, seed=cell.seed, sigma=cell.sigma or 0.0, noisy_scores=noisy,
                            exact_counts=s.counts, **ecos_params)  # fmt: skip
-    picked = sampler.select(sampling_pool, cell.budget)
+    off_task = np.isin(s.pool.domains.astype(str), spec.distractor_domains)  # what annotators would say: "none"
+    feedback = spec.annotator_feedback and cell.application in ("labeling", "labeling_fixmatch")
+    if feedback and cell.sampler in ("ecos", "oracle"):
+        picked = select_with_feedback(sampler, sampling_pool, cell.budget, lambda rows: off_task[rows])  # type: ignore[arg-type]
+    else:
+        picked = sampler.select(sampling_pool, cell.budget)
     select_s = time.perf_counter() - start
     proxy = s.pool.subset(picked)
 
@@ -313,10 +319,12 @@ def run_cell(cell: Cell, ctx: BenchContext) -> dict:
     else:  # blind to the client
         eps, down, up, macs, client_s = 0.0, 0, 0, 0.0, 0.0
 
-    if len(picked) == 0:  # "stop" found no cluster worth sampling: nothing to train on
+    if len(picked) == 0 or (feedback and off_task[picked].all()):  # nothing (on task) to train on
         acc, train_s = float("nan"), 0.0
     elif cell.application in ("labeling", "labeling_fixmatch"):
-        labelled = ImageSet(proxy.images, annotated_labels(proxy, spec.train.num_classes), proxy.domains, proxy.ids)
+        on_task = ~off_task[picked] if feedback else np.ones(len(picked), bool)  # "none" answers are not trained on
+        labelled = ImageSet(proxy.images, annotated_labels(proxy, spec.train.num_classes), proxy.domains,
+                            proxy.ids).subset(np.flatnonzero(on_task))  # fmt: skip
         if cell.application == "labeling":
             result = train_classifier(labelled, spec.train, cell.seed)
         else:  # unlabelled: the rest of the clusters the selection came from

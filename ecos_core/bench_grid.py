@@ -28,7 +28,8 @@ ROW_FIELDS = ("client_domain", "regime", "budget", "sampler", "application", "se
 # Options added after cells were stored: they enter the grid key only when set, so adding
 # an option keeps every finished cell.
 _KEYED_WHEN_SET = ("pool_data", "distractor_domains", "backbone", "model_url", "model_sha256", "adapted_size",
-                   "adapted_width", "label_groups", "label_sigma", "label_min_sigmas")  # fmt: skip
+                   "adapted_width", "label_groups", "label_sigma", "label_min_sigmas",
+                   "annotator_feedback")  # fmt: skip
 # Options whose first value is not their default: they stay out of the key at that value,
 # so the cells stored before the option existed are still found.
 _LEGACY = {"feature_space": "backbone", "client_labeler": "knn"}
@@ -99,6 +100,9 @@ class GridSpec(BaseModel):
     label_groups: int = Field(35, ge=1)
     label_sigma: float = Field(2.0, gt=0)
     label_min_sigmas: float = Field(3.0, ge=0)
+    # selective manual labeling: annotators answer "none" for off-task images (not trained on) and
+    # ECOS spends the budget in two halves, the second away from clusters that were mostly "none"
+    annotator_feedback: bool = False
 
     @field_validator("client_domains", "samplers", "applications", "regimes", "budgets", "seeds", "sigmas",
                      "distractor_domains", mode="before")  # fmt: skip

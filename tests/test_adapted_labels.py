@@ -118,3 +118,24 @@ def test_new_bench_options_leave_the_stored_cells_of_older_grids_valid():
     legacy = GridSpec(feature_space="backbone", client_labeler="knn").setting()
     assert not {"feature_space", "client_labeler", "label_sigma", "adapted_size"} & set(legacy)
     assert {"feature_space", "client_labeler"} <= set(GridSpec().setting())
+
+
+def test_feedback_moves_the_second_half_away_from_off_task_clusters():
+    from ecos_core.feedback import off_task_clusters, select_with_feedback
+    from ecos_core.samplers import ECOSSampler, SamplingPool, ScoredSampler
+
+    r = np.random.default_rng(3)
+    assignments = np.repeat(np.arange(4), 50)  # clusters 0, 1 off task; 2, 3 on task
+    feats = l2_normalize(r.normal(size=(200, 6)).astype(np.float32))
+    pool = SamplingPool(feats, assignments, l2_normalize(r.normal(size=(4, 6)).astype(np.float32)))
+    off = assignments < 2
+    sampler = ScoredSampler(ECOSSampler(sigma=1.0), np.array([40.0, 30.0, 20.0, 10.0]))
+    picked = select_with_feedback(sampler, pool, 60, lambda rows: off[rows])
+    assert len(picked) == 60 and len(np.unique(picked)) == 60  # the budget, no image twice
+    plain = sampler.select(pool, 60)
+    assert off[picked].sum() < off[plain].sum()  # fewer "none" images than without feedback
+    assert off[picked].sum() <= 30  # the second half went to on-task clusters only
+    assert np.array_equal(picked, select_with_feedback(sampler, pool, 60, lambda rows: off[rows]))  # seeded
+    assert off_task_clusters(np.array([0, 0, 1]), np.array([True, False, True]), 3).tolist() == [False, True, False]
+    with pytest.raises(ValueError, match="one answer per annotated pick"):
+        off_task_clusters(np.array([0, 1]), np.array([True]), 2)
