@@ -290,7 +290,8 @@ def run_cell(cell: Cell, ctx: BenchContext) -> dict:
 
     sampling_pool = SamplingPool(s.pool_features, s.index.assignments, s.index.centroids)
     ecos_params = dict(threshold_sigmas=spec.threshold_sigmas, threshold_share=spec.threshold_share,
-                       exhausted=spec.exhausted, floor_sigmas=spec.floor_sigmas)  # fmt: skip
+                       exhausted=spec.exhausted, floor_sigmas=spec.floor_sigmas, group_sizes=spec.group_sizes,
+                       group_sigmas=spec.group_sigmas)  # fmt: skip
     noisy = add_noise(s.counts, cell.sigma, seed=cell.seed) if cell.sampler == "ecos" else None
     sampler = make_sampler(cell.sampler, seed=cell.seed, sigma=cell.sigma or 0.0, noisy_scores=noisy,
                            exact_counts=s.counts, **ecos_params)  # fmt: skip

@@ -10,10 +10,11 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ecos_core.feature_space import Preprocessing
-from ecos_core.config import DEFAULT_DOMAIN_SIZES, DataConfig, IndexConfig
+from ecos_core.config import DEFAULT_DOMAIN_SIZES, DataConfig, IndexConfig, check_group_sizes
 from ecos_core.data.builtin import BUILTIN_DOMAINS, DISTRACTOR_DOMAINS
 from ecos_core.distill import TEACHER_WIDTH, DistillConfig
 from ecos_core.features import content_key
+from ecos_core.hierarchy import ESTIMATOR
 from ecos_core.samplers import SAMPLERS
 from ecos_core.train import TrainConfig
 
@@ -33,6 +34,10 @@ _KEYED_WHEN_SET = ("pool_data", "distractor_domains", "backbone", "model_url", "
 # Options whose first value is not their default: they stay out of the key at that value,
 # so the cells stored before the option existed are still found.
 _LEGACY = {"feature_space": "backbone", "client_labeler": "knn"}
+# The cluster hierarchy came after cells were stored without it: its options enter the grid
+# key only while it is on (group_sizes not empty), so a grid that turns it off keeps its old
+# cells and a grid that turns it on never reuses cells computed without it.
+_HIERARCHY_OPTIONS = ("group_sizes", "group_sigmas")
 
 
 def _csv(values: Any) -> Any:
@@ -75,6 +80,8 @@ class GridSpec(BaseModel):
     threshold_share: float = Field(0.005, ge=0, lt=1)
     exhausted: Literal["fill", "stop"] = "stop"
     floor_sigmas: float = Field(1.0, ge=0)
+    group_sizes: tuple[float, ...] = (10.0, 20.0, 30.0)  # see ecos_core.config.SamplingConfig
+    group_sigmas: float = Field(2.0, ge=0)
     train: TrainConfig = TrainConfig()
     teacher_size: int = Field(3000, ge=10)
     temperature: float = Field(4.0, gt=0)
@@ -117,6 +124,11 @@ class GridSpec(BaseModel):
             raise ValueError(f"{info.field_name} must name at least one value")
         return tuple(dict.fromkeys(value))  # drop repeats, keep order
 
+
+    @field_validator("group_sizes")
+    @classmethod
+    def _group_sizes(cls, value: tuple[float, ...]) -> tuple[float, ...]:
+        return check_group_sizes(value)
 
     @field_validator("samplers")
     @classmethod
@@ -180,7 +192,10 @@ class GridSpec(BaseModel):
         axes = {"client_domains", "regimes", "budgets", "samplers", "applications", "seeds", "sigmas"}
         unset = {n for n in _KEYED_WHEN_SET if getattr(self, n) == type(self).model_fields[n].default}
         unset |= {n for n, legacy in _LEGACY.items() if getattr(self, n) == legacy}
-        return self.model_dump(mode="json", exclude=axes | unset)
+        if not self.group_sizes:
+            unset |= set(_HIERARCHY_OPTIONS)
+        setting = self.model_dump(mode="json", exclude=axes | unset)
+        return setting if not self.group_sizes else {**setting, "group_estimator": ESTIMATOR}
 
     @property
     def teacher_train(self) -> TrainConfig:

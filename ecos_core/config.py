@@ -124,6 +124,13 @@ class IndexConfig(BaseModel):
         return value
 
 
+def check_group_sizes(value: tuple[float, ...]) -> tuple[float, ...]:
+    """The hierarchy's levels: clusters per group, each > 0, finest (smallest) first."""
+    if any(not g > 0 for g in value) or list(value) != sorted(value):
+        raise ValueError(f"group_sizes must be > 0, finest (smallest) first, got {list(value)}")
+    return value
+
+
 class SamplingConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -134,6 +141,11 @@ class SamplingConfig(BaseModel):
     # "stop": leave budget unspent rather than sample clusters the client does not cover
     exhausted: Literal["fill", "stop"] = "stop"
     floor_sigmas: float = Field(1.0, ge=0)  # "stop" goes past the kept clusters only down to this score
+    # the cluster hierarchy (ecos_core.hierarchy): the K clusters are also read in nested groups
+    # of about this many neighbours (finest first), a group is kept when its summed score reaches
+    # group_sigmas·σ·√members; free in ε (post-processing of the same scores); () turns it off
+    group_sizes: tuple[float, ...] = ()
+    group_sigmas: float = Field(2.0, ge=0)
     # K-Center on an ingested pool runs over a seeded uniform sample of this many images
     # (O(N·B) over millions is hours); a smaller pool is used whole, exactly as before
     kcenter_sample: int = Field(50_000, ge=1)
@@ -145,6 +157,17 @@ class SamplingConfig(BaseModel):
         if unknown:
             raise ValueError(f"unknown samplers {unknown}; known: {list(SAMPLERS)}")
         return value
+
+    @field_validator("group_sizes")
+    @classmethod
+    def _group_sizes(cls, value: tuple[float, ...]) -> tuple[float, ...]:
+        return check_group_sizes(value)
+
+    def rule_params(self) -> dict:
+        """The ECOS rule's settings (ECOSSampler's keywords), for ECOS and the Oracle alike."""
+        return {"threshold_sigmas": self.threshold_sigmas, "threshold_share": self.threshold_share,
+                "exhausted": self.exhausted, "floor_sigmas": self.floor_sigmas, "group_sizes": self.group_sizes,
+                "group_sigmas": self.group_sigmas}  # fmt: skip
 
 
 class DaskConfig(BaseModel):

@@ -10,6 +10,7 @@ from typing import Literal, Protocol
 
 import numpy as np
 
+from ecos_core.hierarchy import group_levels, grouped_estimate, n_groups_for
 from ecos_core.kcenter import kcenter_greedy
 
 
@@ -121,7 +122,14 @@ class ECOSSampler:
     exchange for the thinly covered clusters of a small client (measured, 100 synth samples,
     σ=3.9: a floor at 3σ left 65% of the budget unspent, 46% accuracy; at 1σ: all spent,
     45% synth, 80% accuracy).
-    With sigma=0 and exact counts this is the non-private Oracle.
+    With group_sizes (e.g. (10, 20, 30)) the clusters are also read in nested groups of
+    about that many neighbours (ecos_core.hierarchy): a group whose summed score reaches
+    group_sigmas·σ√m is kept, and its clusters not claimed at a finer level get their scores
+    shrunk towards the mean of the clusters claimed with them; a cluster's weight is the
+    larger of that estimate and its own kept score (estimates under the share term are
+    dropped). Post-processing of the same scores: no extra ε.
+    With sigma=0 and exact counts this is the non-private Oracle (the hierarchy is then the
+    identity and is skipped).
     """
 
     sigma: float
@@ -130,6 +138,8 @@ class ECOSSampler:
     threshold_share: float = 0.005
     exhausted: Literal["fill", "stop"] = "stop"
     floor_sigmas: float = 1.0
+    group_sizes: tuple[float, ...] = ()  # clusters per group at each level, finest first; (): off
+    group_sigmas: float = 2.0  # a group is kept at group_sigmas·σ·√(members)
     name: str = "ecos"
 
     def keep_mask(self, scores: np.ndarray) -> np.ndarray:
@@ -137,9 +147,23 @@ class ECOSSampler:
         threshold = max(self.threshold_sigmas * self.sigma, self.threshold_share * positive_total)
         return (scores >= threshold) & (scores > 0)
 
-    def cluster_budgets(self, scores: np.ndarray, sizes: np.ndarray, budget: int) -> np.ndarray:
-        keep = self.keep_mask(scores)
-        share = allocate_budget(np.where(keep, scores, 0.0), sizes, budget)
+    def cluster_weights(self, scores: np.ndarray, sizes: np.ndarray, centroids: np.ndarray | None = None) -> np.ndarray:
+        """Each cluster's weight in the budget share; 0 for a cluster not kept."""
+        weights = np.where(self.keep_mask(scores), scores, 0.0)
+        if self.group_sizes and self.sigma > 0:  # σ=0 (exact counts): the hierarchy is the identity
+            if centroids is None:
+                raise ValueError("the hierarchical rule (group_sizes) needs the pool's centroids")
+            levels = group_levels(centroids, sizes, [n_groups_for(len(scores), g) for g in self.group_sizes])
+            est = grouped_estimate(scores, levels, self.sigma, self.group_sigmas)
+            share_floor = self.threshold_share * float(np.clip(scores, 0, None).sum())
+            weights = np.maximum(weights, np.where(est >= share_floor, est, 0.0))
+        return weights
+
+    def cluster_budgets(self, scores: np.ndarray, sizes: np.ndarray, budget: int,
+                        centroids: np.ndarray | None = None) -> np.ndarray:  # fmt: skip
+        """Each cluster's share of `budget` (never above its size); `centroids` are needed
+        only by the hierarchical rule."""
+        share = allocate_budget(self.cluster_weights(scores, sizes, centroids), sizes, budget)
         left = budget - int(share.sum())
         if left > 0:
             floor = -np.inf if self.exhausted == "fill" else self.floor_sigmas * self.sigma
@@ -158,7 +182,7 @@ class ECOSSampler:
         k = len(pool.centroids)
         if scores.shape != (k,) or not np.isfinite(scores).all():
             raise ValueError(f"scores must be {k} finite numbers, got shape {scores.shape}")
-        return self.pick(pool, self.cluster_budgets(scores, np.bincount(pool.assignments, minlength=k), budget))
+        return self.pick(pool, self.cluster_budgets(scores, np.bincount(pool.assignments, minlength=k), budget, pool.centroids))
 
     def pick(self, pool: SamplingPool, share: np.ndarray) -> np.ndarray:
         """share[c] diverse members of each cluster c. `pool` may hold only the clusters

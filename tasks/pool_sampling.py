@@ -44,13 +44,12 @@ def select_from_pool(store_url: str, index_key: str, spec: BackboneSpec, cfg: Ro
         candidates = members.iloc[RandomSampler(cfg.seed).select_n(len(members), s.kcenter_sample)].reset_index(drop=True)
         view = SamplingPool(features_at(store_url, index_key, spec, candidates), candidates["cluster"].to_numpy(np.int64), centroids)
         return candidates["id"].to_numpy(str)[KCenterSampler(cfg.seed).select(view, budget)]
-    rule = ECOSSampler(sigma=cfg.sigma if method == "ecos" else 0.0, seed=cfg.seed, threshold_sigmas=s.threshold_sigmas,
-                       threshold_share=s.threshold_share, exhausted=s.exhausted, floor_sigmas=s.floor_sigmas)  # fmt: skip
+    rule = ECOSSampler(sigma=cfg.sigma if method == "ecos" else 0.0, seed=cfg.seed, **s.rule_params())
     scores = np.asarray(scores, dtype=np.float64)
     if scores.shape != (len(centroids),) or not np.isfinite(scores).all():
         raise ValueError(f"scores must be {len(centroids)} finite numbers, got shape {scores.shape}")
     sizes = np.bincount(members["cluster"], minlength=len(centroids))
-    share = rule.cluster_budgets(scores, sizes, budget)
+    share = rule.cluster_budgets(scores, sizes, budget, centroids)  # the hierarchy groups the index's centroids
     picked = []
     for batch in cluster_batches(np.flatnonzero(share), sizes, MAX_ROWS_IN_MEMORY):
         needed = members[members["cluster"].isin(batch)]  # index: positions in `members`

@@ -45,9 +45,7 @@ def select_proxy_set(
         method, seed=cfg.seed, sigma=cfg.sigma,
         noisy_scores=None if noisy_scores is None else np.asarray(noisy_scores),
         exact_counts=None if exact_counts is None else np.asarray(exact_counts),
-        **({"threshold_sigmas": s.threshold_sigmas, "threshold_share": s.threshold_share, "exhausted": s.exhausted,
-            "floor_sigmas": s.floor_sigmas}
-           if method in ("ecos", "oracle") else {}),
+        **(s.rule_params() if method in ("ecos", "oracle") else {}),
     )  # fmt: skip
     start = time.perf_counter()
     picked = sampler.select(view, s.budget)

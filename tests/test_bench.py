@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 from ecos_cli.main import app
 from ecos_core import bench
 from ecos_core.bench import GridSpec, cell_key, grid_cells, grid_key
+from ecos_core.hierarchy import ESTIMATOR
 from ecos_core.bench_report import all_plots, table4_frame, table4_markdown
 
 runner = CliRunner()
@@ -134,6 +135,18 @@ def test_cell_keys_are_stable_and_distinct():
     assert grid_key(GridSpec.model_validate({**SPEC.model_dump(), "k": 5})) != grid_key(SPEC)
     two_sigmas = grid_cells(SPEC.model_copy(update={"sigmas": (3.0, 6.1)}))
     assert sum(c.sampler == "ecos" for c in two_sigmas) == 2 * sum(c.sampler == "ecos" for c in grid_cells(SPEC))
+
+
+def test_the_cluster_hierarchy_enters_the_grid_key_only_when_on():
+    """Cells stored before the hierarchy existed were computed without it: a grid that turns it
+    off keeps their key; a grid that turns it on gets its own."""
+    off = GridSpec.model_validate({**SPEC.model_dump(), "group_sizes": [], "group_sigmas": 3.0})
+    assert not {"group_sizes", "group_sigmas"} & set(off.setting())
+    assert grid_key(off) == grid_key(GridSpec.model_validate({**SPEC.model_dump(), "group_sizes": []}))
+    on = GridSpec.model_validate({**SPEC.model_dump(), "group_sizes": [10, 20]})
+    assert on.setting()["group_sizes"] == [10.0, 20.0] and grid_key(on) != grid_key(off)
+    assert on.setting()["group_estimator"] == ESTIMATOR  # a changed estimator gets new cells
+    assert grid_key(on) != grid_key(GridSpec.model_validate({**on.model_dump(), "group_sigmas": 3.0}))
 
 
 def test_table4_layout(first_run):

@@ -86,6 +86,30 @@ def test_noise_above_every_count_leaves_the_budget_unspent(first_round, store_ur
     assert Store(store_url).exists(layout.round_key("t-round-empty", "results.png"))
 
 
+def test_the_round_reads_the_scores_through_the_cluster_hierarchy(first_round, store_url, tmp_path, monkeypatch):
+    """sampling.group_sizes: the flow's ECOS selection goes through ecos_core.hierarchy at the
+    round's σ with the index's groups; the Oracle's exact counts need no hierarchy (identity)."""
+    from ecos_core import samplers
+    from flows.round_flow import round_flow
+
+    calls, real = [], samplers.grouped_estimate
+
+    def spy(scores, levels, sigma, group_sigmas):  # noqa: ANN001, ANN202
+        calls.append((len(scores), [int(g.max()) + 1 for g in levels], sigma, group_sigmas))
+        return real(scores, levels, sigma, group_sigmas)
+
+    monkeypatch.setattr(samplers, "grouped_estimate", spy)
+    sampling = TINY.sampling.model_copy(update={"samplers": ("ecos", "oracle"), "group_sizes": (2.0, 4.0),
+                                                "group_sigmas": 1.5})  # fmt: skip
+    cfg = TINY.model_copy(update={"domain_report": False, "local_baseline": False, "sampling": sampling})
+    out = round_flow(cfg, store_url, "t-round-groups", True, str(tmp_path))
+    assert calls == [(TINY.index.k, [4, 2], cfg.sigma, 1.5)]  # K=8 clusters in 4, then 2 groups
+    assert (pd.DataFrame(out["results"])["proxy_size"] == TINY.sampling.budget).all()
+    store = Store(store_url)
+    oracle = [store.read_npy(layout.selection(r, "client-0", "oracle")).tolist() for r in ("t-round-1", "t-round-groups")]
+    assert oracle[0] == oracle[1]
+
+
 def test_bad_uploads_are_ledgered_and_never_used(first_round, store_url, tmp_path):
     """A forged and a malformed upload arrive before the real client: both refused with a
     reason, the round goes on with the real answer."""

@@ -119,6 +119,12 @@ def test_pool_selections_match_the_in_memory_samplers(pool_url, indexed, few, mo
     for method, picked in expected.items():
         got = select_from_pool(store_url, out["index"]["key"], spec, cfg, method, scores)
         assert list(got) == list(pool.ids[keep][picked]), method  # same ids, in pool order
+    # the cluster hierarchy groups the index's centroids on the sharded path too
+    grouped = cfg.model_copy(update={"sampling": cfg.sampling.model_copy(update={"group_sizes": (3.0, 5.0)})})
+    noisy = scores + np.random.default_rng(0).normal(0, cfg.sigma, size=INDEX.k)
+    picked = ECOSSampler(sigma=cfg.sigma, seed=0, **grouped.sampling.rule_params()).select_with_scores(view, 150, noisy)
+    got = select_from_pool(store_url, out["index"]["key"], spec, grouped, "ecos", noisy)
+    assert list(got) == list(pool.ids[keep][picked])
     ood = cfg.model_copy(update={"data": cfg.data.model_copy(update={"regime": "ood"})})
     assert not any(i.startswith("mnistm/") for i in select_from_pool(store_url, out["index"]["key"], spec, ood, "random", None))
 

@@ -65,9 +65,10 @@ def test_ecos_stop_goes_past_kept_clusters_only_down_to_the_floor(pool):
     s = np.array([200.0, 2.0, 0.5, 0, 0, 0, 0, 0])
     sizes = np.bincount(pool.assignments, minlength=8)
     budget = int(sizes[:3].sum())
-    stop = ECOSSampler(sigma=1.0, exhausted="stop", floor_sigmas=1.0).select_with_scores(pool, budget, s)
+    # the per-cluster rule (no hierarchy; tests/test_hierarchy.py covers the grouped one)
+    stop = ECOSSampler(sigma=1.0, exhausted="stop", floor_sigmas=1.0, group_sizes=()).select_with_scores(pool, budget, s)
     assert set(pool.assignments[stop]) == {0, 1} and len(stop) == sizes[0] + sizes[1]
-    strict = ECOSSampler(sigma=1.0, exhausted="stop", floor_sigmas=3.0).select_with_scores(pool, budget, s)
+    strict = ECOSSampler(sigma=1.0, exhausted="stop", floor_sigmas=3.0, group_sizes=()).select_with_scores(pool, budget, s)
     assert set(pool.assignments[strict]) == {0}
     oracle = ECOSSampler(sigma=0.0, exhausted="stop").select_with_scores(pool, budget, s)  # floor 0: any positive count
     assert set(pool.assignments[oracle]) == {0, 1, 2} and len(oracle) == budget
