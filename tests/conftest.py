@@ -32,3 +32,15 @@ def make_imageset(n: int, seed: int = 0, domain: str = "toy") -> ImageSet:
 @pytest.fixture
 def toy_set() -> ImageSet:
     return make_imageset(200)
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny batches gain nothing from threads, and spinning OpenMP workers can be ~100x slower
+    when other processes compete for the same cores."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

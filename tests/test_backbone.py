@@ -23,14 +23,7 @@ from ecos_core.backbone import (
 from ecos_core.features import content_key, embed, preprocess
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # Tiny batches gain nothing from threads, and spinning OpenMP workers can be ~100x slower
-    # when other processes compete for the same cores.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

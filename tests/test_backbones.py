@@ -11,7 +11,6 @@ import threading
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
 from ecos_core.backbones import BACKBONES, load_backbone, resolve_spec
 from ecos_core.backbones.common import BackboneUnavailable, file_sha256, packaged_weights_path
@@ -24,12 +23,7 @@ from ecos_core.features import content_key, embed, preprocess
 LITE0 = BackboneSpec(name="efficientnet_lite0")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture
@@ -141,7 +135,7 @@ def test_lite0_with_other_weights_is_refused(tmp_path, monkeypatch):
 
 def _save(tmp_path, mode: str = "ok", name: str | None = None) -> tuple[str, str]:
     """A tiny extractor made with onnx.helper: conv 3→8 (stride 2), global average pool, flatten."""
-    onnx = pytest.importorskip("onnx")
+    pytest.importorskip("onnx")
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(0)
