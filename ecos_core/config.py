@@ -144,7 +144,7 @@ class SamplingConfig(BaseModel):
     # the cluster hierarchy (ecos_core.hierarchy): the K clusters are also read in nested groups
     # of about this many neighbours (finest first), a group is kept when its summed score reaches
     # group_sigmas·σ·√members; free in ε (post-processing of the same scores); () turns it off
-    group_sizes: tuple[float, ...] = ()
+    group_sizes: tuple[float, ...] = (10.0, 20.0, 30.0)
     group_sigmas: float = Field(2.0, ge=0)
     # K-Center on an ingested pool runs over a seeded uniform sample of this many images
     # (O(N·B) over millions is hours); a smaller pool is used whole, exactly as before
