@@ -45,6 +45,7 @@ from ecos_core.data.user import load_dataset
 from ecos_core.pool.reader import is_pool, load_pool
 from ecos_core.settings import Settings
 from ecos_core.data.split import REGIMES, split_client_pool, subsample
+from ecos_core.config import RULE_FIELDS
 from ecos_core.distill import distill, train_teacher
 from ecos_core.feedback import select_with_feedback
 from ecos_core.annotation import annotate_with_ground_truth, export_for_annotation, import_labels
@@ -289,9 +290,7 @@ def run_cell(cell: Cell, ctx: BenchContext) -> dict:
         return row
 
     sampling_pool = SamplingPool(s.pool_features, s.index.assignments, s.index.centroids)
-    ecos_params = dict(threshold_sigmas=spec.threshold_sigmas, threshold_share=spec.threshold_share,
-                       exhausted=spec.exhausted, floor_sigmas=spec.floor_sigmas, group_sizes=spec.group_sizes,
-                       group_sigmas=spec.group_sigmas)  # fmt: skip
+    ecos_params = {name: getattr(spec, name) for name in RULE_FIELDS}
     noisy = add_noise(s.counts, cell.sigma, seed=cell.seed) if cell.sampler == "ecos" else None
     sampler = make_sampler(cell.sampler, seed=cell.seed, sigma=cell.sigma or 0.0, noisy_scores=noisy,
                            exact_counts=s.counts, **ecos_params)  # fmt: skip

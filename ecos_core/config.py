@@ -124,6 +124,10 @@ class IndexConfig(BaseModel):
         return value
 
 
+# ECOSSampler's keywords: the fields SamplingConfig (rounds) and GridSpec (benchmark) both carry
+RULE_FIELDS = ("threshold_sigmas", "threshold_share", "exhausted", "floor_sigmas", "group_sizes", "group_sigmas")
+
+
 def check_group_sizes(value: tuple[float, ...]) -> tuple[float, ...]:
     """The hierarchy's levels: clusters per group, each > 0, finest (smallest) first."""
     if any(not g > 0 for g in value) or list(value) != sorted(value):
@@ -165,9 +169,7 @@ class SamplingConfig(BaseModel):
 
     def rule_params(self) -> dict:
         """The ECOS rule's settings (ECOSSampler's keywords), for ECOS and the Oracle alike."""
-        return {"threshold_sigmas": self.threshold_sigmas, "threshold_share": self.threshold_share,
-                "exhausted": self.exhausted, "floor_sigmas": self.floor_sigmas, "group_sizes": self.group_sizes,
-                "group_sigmas": self.group_sigmas}  # fmt: skip
+        return {name: getattr(self, name) for name in RULE_FIELDS}
 
 
 class DaskConfig(BaseModel):
