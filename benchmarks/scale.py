@@ -86,8 +86,6 @@ def client_scores(store_url: str, index_key: str, k: int, sigma: float = 6.1, n_
 def stage(name: str, n: int, work: Path, workers: int | None, shard_size: int, k: int, budget: int) -> dict:
     """One stage at one size, with its own peak RSS: each stage runs in a fresh process, as
     it does when deployed (`ecos pool ingest`, the nightly `ecos index`, the rounds)."""
-    from tasks.features import backbone_spec
-
     pool, store = work / f"pool-{n}", work / f"store-{n}"
     index = IndexConfig(k=k, device="cpu")
     row: dict = {}
@@ -113,7 +111,7 @@ def stage(name: str, n: int, work: Path, workers: int | None, shard_size: int, k
             scores = client_scores(str(store), key, k)
             for method in ("ecos", "random", "kcenter"):
                 t = time.perf_counter()
-                picked = select_from_pool(str(store), key, backbone_spec(index), cfg, method, scores)
+                picked = select_from_pool(str(store), key, cfg, method, scores)
                 row[f"select_{method}_s"], row[f"select_{method}_n"] = time.perf_counter() - t, len(picked)
             row.update(sampling_s=time.perf_counter() - start, store_bytes=folder_bytes(pool, store))
     return {**row, f"{name}_driver_rss": rss.driver(), f"{name}_worker_rss": rss.worker()}

@@ -31,8 +31,8 @@ app.add_typer(infra_app, name="infra")
 from ecos_cli.bench import bench_app  # noqa: E402
 app.add_typer(bench_app, name="bench")
 from ecos_cli.pool import DaskAddressOpt, WorkersOpt, pool_app  # noqa: E402
-from ecos_cli.backbone import (BACKBONE_FLAGS, BackboneOpt, FeatureDimOpt, ModelShaOpt, ModelUrlOpt,  # noqa: E402
-                               backbone_overrides, name_user_model_flags)
+from ecos_cli.backbone import (BACKBONE_FLAGS, BackboneOpt, FeatureDimOpt, FeatureSpaceOpt, ModelShaOpt,  # noqa: E402
+                               ModelUrlOpt, backbone_overrides, name_user_model_flags)
 
 app.add_typer(pool_app, name="pool")
 PoolOpt = typer.Option(None, "--pool", help="Your pool: an ingested pool's URL, a manifest or an image folder "
@@ -42,7 +42,6 @@ labels_app = typer.Typer(help="Selective manual labeling: export a round's proxy
 app.add_typer(labels_app, name="labels")
 
 StoreOpt = typer.Option(None, "--store", help="Artifact store URL (folder or s3://bucket/prefix). Default: $ECOS_STORE or ./ecos-store.")
-
 
 FLAGS = {"data.client_domain": "--client-domain", "data.regime": "--regime", "sampling.budget": "--budget", "index.k": "--k",
          "sigma": "--sigma", "seed": "--seed", "clients": "--clients", "data.pool": "--pool", "data.client": "--client-data",
@@ -107,6 +106,7 @@ def run(
     workers: Optional[int] = WorkersOpt,
     backbone: Optional[str] = BackboneOpt, model_url: Optional[str] = ModelUrlOpt,
     model_sha256: Optional[str] = ModelShaOpt, feature_dim: Optional[int] = FeatureDimOpt,
+    feature_space: Optional[str] = FeatureSpaceOpt,
 ) -> None:
     """The main job: one full ECOS round on the built-in pool with a simulated client process;
     prints ECOS vs Random, K-Center, Oracle and Local, and writes the report to the store."""
@@ -115,7 +115,7 @@ def run(
                                  "clients": [f"client-{i}" for i in range(clients)] if clients is not None else None,
                                  "data.pool": pool, "data.client": client_data, "dask.address": dask_address,
                                  "dask.workers": workers,
-                                 **backbone_overrides(backbone, model_url, model_sha256, feature_dim)})  # fmt: skip
+                                 **backbone_overrides(backbone, model_url, model_sha256, feature_dim, feature_space)})  # fmt: skip
     opened = _open_store(store, check=True)  # before the heavy imports: a bad store fails at once
     from ecos_cli.interrupt import stop_cleanly
     from ecos_core import layout
@@ -169,10 +169,11 @@ def index(
     workers: Optional[int] = WorkersOpt,
     backbone: Optional[str] = BackboneOpt, model_url: Optional[str] = ModelUrlOpt,
     model_sha256: Optional[str] = ModelShaOpt, feature_dim: Optional[int] = FeatureDimOpt,
+    feature_space: Optional[str] = FeatureSpaceOpt,
 ) -> None:
     """Run only the index flow: pool features (cached by content, per backbone) and faiss KMeans."""
     cfg = _round_config(config, {"data.pool": pool, "index.k": k, "dask.address": dask_address, "dask.workers": workers,
-                                 **backbone_overrides(backbone, model_url, model_sha256, feature_dim)})  # fmt: skip
+                                 **backbone_overrides(backbone, model_url, model_sha256, feature_dim, feature_space)})  # fmt: skip
     url = _open_store(store, check=True).url  # before the heavy imports: a bad store fails at once
     from flows.index_flow import index_flow
 

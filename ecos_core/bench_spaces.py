@@ -15,7 +15,6 @@ import numpy as np
 
 from ecos_core import layout
 from ecos_core.content import content_key
-from ecos_core.data.split import subsample
 from ecos_core.types import ImageSet
 
 
@@ -28,7 +27,7 @@ class Adapted:
 
 def adapted_features(spec, store, pool: ImageSet, train: ImageSet, seed: int) -> Adapted:  # noqa: ANN001
     """Train the adapted space on annotated pool images (store-cached) and embed both sides."""
-    from ecos_core.adapted_space import annotator_labels, train_adapted_space
+    from ecos_core.adapted_space import annotated_rows, annotated_set, train_adapted_space
 
     classes = spec.train.num_classes
     key = content_key("bench-adapted-v1", pool.ids.astype(str), train.ids.astype(str), seed, spec.adapted_size,
@@ -38,10 +37,11 @@ def adapted_features(spec, store, pool: ImageSet, train: ImageSet, seed: int) ->
     if store is not None and all(store.exists(p) for p in (*paths.values(), meta)):
         return Adapted(store.read_npy(paths["pool"]), store.read_npy(paths["train"]),
                        int(store.read_json(meta)["weights_bytes"]))  # fmt: skip
-    labelled = subsample(pool, min(spec.adapted_size, len(pool)), seed)
-    y = annotator_labels(labelled.labels, labelled.domains, tuple(spec.distractor_domains), classes)
-    space = train_adapted_space(ImageSet(labelled.images, y, labelled.domains, labelled.ids), classes,
-                                spec.adapted_width, seed, spec.train)  # fmt: skip
+    off_task = tuple(spec.distractor_domains)
+    rows = annotated_rows(pool.labels, pool.domains, spec.adapted_size, off_task, seed)
+    labelled = pool.subset(rows)
+    labelled = annotated_set(labelled.images, labelled.labels, labelled.domains, labelled.ids, off_task, classes)
+    space = train_adapted_space(labelled, classes, spec.adapted_width, seed, spec.train)
     out = Adapted(space.embed(pool.images), space.embed(train.images), len(space.to_bytes()))
     if store is not None:
         store.write_npy(paths["pool"], out.pool)

@@ -13,18 +13,20 @@ from typing import Any
 import numpy as np
 
 from ecos_core import transport
+from ecos_core.adapted_space import AdaptedSpace, space_features
 from ecos_core.auth import Enrollment, signed_response_bytes, verify
 from ecos_core.backbones import load_backbone
 from ecos_core.coverage import noisy_coverage_scores
-from ecos_core.features import embed
 from ecos_core.privacy import gaussian_epsilon
 from ecos_core.ledger import PrivacyLedger
 from ecos_core.protocol import (
+    MAX_ADAPTED_BYTES,
     MAX_CENTROID_BYTES,
     MAX_PROBE_JSON_BYTES,
     Invitation,
     Probe,
     ProtocolError,
+    check_adapted,
     decode_probe,
     response_json_bytes,
 )
@@ -48,9 +50,19 @@ def probe_backbone(probe: Probe, weights_path: str | None = None) -> Any:
         raise ProtocolError(f"{source} is not on this device: {err}") from None
     except ValueError as err:
         raise ProtocolError(f"{source} does not match this device's: {err}") from None
-    if getattr(model, "feature_dim", probe.dim) != probe.dim:
-        raise ProtocolError(f"{source} gives {model.feature_dim}-d features, the probe's centroids are {probe.dim}-d")
+    dim = probe.feature_dims()[0]
+    if getattr(model, "feature_dim", dim) != dim:
+        raise ProtocolError(f"{source} gives {model.feature_dim}-d features, the probe's are {dim}-d")
     return model
+
+
+def probe_adapted(probe: Probe, data: bytes, source: str = "probe") -> AdaptedSpace:
+    """The probe's adapted feature space from its bytes: size and sha256 as probe.json pins
+    them, then parsed without unpickling into exactly the expected network."""
+    try:
+        return AdaptedSpace.from_bytes(check_adapted(probe, data, source), probe.adapted_sha256)
+    except ValueError as err:
+        raise ProtocolError(f"{source}/adapted.npz: {err}") from None
 
 
 def answer_probe(
@@ -62,15 +74,21 @@ def answer_probe(
     weights_path: str | None = None,
     show_bar: bool = True,
     model: Any = None,
+    adapted: AdaptedSpace | None = None,
 ) -> ClientAnswer:
-    """Embed the local images with the probe's backbone and return the noisy scores.
+    """Embed the local images in the probe's feature space and return the noisy scores.
 
-    load_backbone refuses a probe whose weights hash differs from the local weights,
-    so the scores are always computed in the cloud's feature space.
+    load_backbone refuses a probe whose weights hash differs from the local weights, and a
+    probe in the combined space needs its adapted space, so the scores are always computed
+    in the cloud's feature space.
     """
     start = time.perf_counter()
+    if (adapted is None) != (probe.adapted_sha256 is None):
+        raise ProtocolError(f"round {probe.round_id}: the probe's feature space "
+                            f"{'needs' if adapted is None else 'has no'} an adapted space")  # fmt: skip
     model = model if model is not None else probe_backbone(probe, weights_path)
-    feats = embed(images, model, probe.backbone.preprocessing, show_bar=show_bar, desc=f"{client_id} features")
+    feats = space_features(images, model, probe.backbone.preprocessing, adapted, show_bar=show_bar,
+                           desc=f"{client_id} features")  # fmt: skip
     scores = noisy_coverage_scores(feats, centroids, probe.sigma, seed, probe.radii())
     wire = response_json_bytes(probe.round_id, client_id, scores)
     eps = gaussian_epsilon(probe.sigma, probe.delta)
@@ -86,8 +104,8 @@ def respond(
     weights_path: str | None = None,
     show_bar: bool = True,
 ) -> ClientAnswer:
-    """Answer one invitation: verify the probe (MAC with the enrollment key, centroids
-    hash; its backbone must be on this device, with the same weights), refuse if the
+    """Answer one invitation: verify the probe (MAC with the enrollment key, centroids and
+    adapted-space hashes; its backbone must be on this device, with the same weights), refuse if the
     privacy budget would be exceeded, compute the noisy scores, sign them, and upload them
     to the invitation's own URL. Every refusal comes before any feature or ε."""
     source = f"round {invitation.round_id} probe"
@@ -101,8 +119,13 @@ def respond(
     npy = transport.fetch(invitation.centroids_url, MAX_CENTROID_BYTES)
     probe, centroids = decode_probe(probe_json, npy, source, expected_round=invitation.round_id)
     model = probe_backbone(probe, weights_path)  # a backbone this device lacks: refused before any ε or feature
+    adapted = None
+    if probe.adapted_sha256 is not None:
+        if invitation.adapted_url is None:
+            raise ProtocolError(f"{source}: the probe ships an adapted feature space, the invitation has no adapted_url")
+        adapted = probe_adapted(probe, transport.fetch(invitation.adapted_url, MAX_ADAPTED_BYTES), source)
     ledger.check(probe.round_id, probe.sigma, probe.delta, enrollment.epsilon_budget)
-    answer = answer_probe(probe, centroids, images, enrollment.client_id, seed, weights_path, show_bar, model)
+    answer = answer_probe(probe, centroids, images, enrollment.client_id, seed, weights_path, show_bar, model, adapted)
     signed = signed_response_bytes(answer.wire, enrollment.key_b64)
     ledger.record(probe.round_id, probe.sigma, probe.delta)  # before the upload: a lost upload still counts
     transport.put(invitation.response_url, signed)

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
-from ecos_core.data.domains import BUILTIN_DOMAINS
+from ecos_core.data.domains import BUILTIN_DOMAINS, DISTRACTOR_DOMAINS
 from ecos_core.feature_space import BACKBONES, DEFAULT_BACKBONE, SHA256_PATTERN, USER_MODEL, Preprocessing, unknown_backbone
 from ecos_core.samplers import SAMPLERS
 
@@ -105,6 +105,13 @@ class IndexConfig(BaseModel):
     # "ball": a client sample counts only inside its nearest cluster's ball (the probe sends
     # the K radii); "nearest": it counts at its nearest centroid however far (the paper's rule)
     coverage: Literal["ball", "nearest"] = "ball"
+    # "combined": the backbone's features beside a small CNN the cloud trains on adapted_size
+    # annotated pool images (annotators answer "none" for off_task_domains) and ships in the
+    # probe (ecos_core.adapted_space; docs/benchmarks.md measures what it wins); "backbone": alone
+    feature_space: Literal["backbone", "combined"] = "combined"
+    adapted_size: int = Field(3000, ge=50)
+    adapted_width: int = Field(16, ge=4, le=256)
+    off_task_domains: tuple[str, ...] = DISTRACTOR_DOMAINS
 
     @field_validator("backbone")
     @classmethod

@@ -27,6 +27,15 @@ def probe_centroids(round_id: str) -> str:
     return round_key(round_id, "probe/centroids.npy")
 
 
+def probe_adapted(round_id: str) -> str:
+    return round_key(round_id, "probe/adapted.npz")
+
+
+def adapted_space(content_key: str) -> str:
+    """A trained pool-adapted feature space (ecos_core.adapted_space), by its inputs' key."""
+    return f"adapted/{content_key}.npz"
+
+
 def responses_prefix(round_id: str) -> str:
     return round_key(round_id, "responses")
 

@@ -2,7 +2,8 @@
 response (client → cloud).
 
 Probe on the wire: `probe.json` (metadata and the K cluster radii as base64 float32)
-+ `centroids.npy` (K×d float32, ≈ 4·K·d bytes).
++ `centroids.npy` (K×d float32, ≈ 4·K·d bytes) + in the combined feature space
+`adapted.npz` (the pool-adapted CNN's weights, ≈ 390 KB, pinned by its sha256 in probe.json).
 Response on the wire: one small JSON whose scores are K little-endian float32 in base64
 (≈ 4·K bytes + ~300 bytes of ids), so nothing but the K noisy scalars and ids leaves the
 device. Every decoder checks size before parsing and never unpickles.
@@ -17,7 +18,7 @@ import io
 from datetime import datetime
 
 import numpy as np
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, model_serializer, model_validator
 
 from ecos_core.feature_space import BackboneSpec
 
@@ -28,6 +29,21 @@ MAX_PROBE_JSON_BYTES = 1024 * 1024  # metadata + base64 radii of up to 100,000 c
 MAX_INVITATION_BYTES = 16 * 1024
 MAX_RESPONSE_BYTES = 64 * 1024
 MAX_CENTROID_BYTES = 64 * 1024 * 1024
+MAX_ADAPTED_BYTES = 16 * 1024 * 1024  # a width-256 SmallCNN's weights; width 16 is ≈ 390 KB
+ADAPTED_DIM = 128  # the adapted space's embedding (ecos_core.adapted_space.EMBED_DIM; torch-free here)
+SHA256 = r"^[0-9a-f]{64}$"
+
+
+def _omit_none(names: tuple[str, ...]):  # noqa: ANN202
+    """A serializer leaving these fields out when unset, so messages without them read (and
+    hash, and MAC) exactly as before the fields existed, and older devices still parse them."""
+
+    @model_serializer(mode="wrap")
+    def serialize(self, handler):  # noqa: ANN001, ANN202
+        out = handler(self)
+        return {k: v for k, v in out.items() if not (k in names and v is None)}
+
+    return serialize
 
 
 class ProtocolError(ValueError):
@@ -49,6 +65,21 @@ class Probe(BaseModel):
     centroids_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     # each cluster's ball (ecos_core.index.coverage_radii); None: count at the nearest centroid, however far
     radii_f32_b64: str | None = Field(None, max_length=MAX_PROBE_JSON_BYTES)
+    # the combined feature space: the adapted CNN shipped beside the centroids (adapted.npz),
+    # its features concatenated after the backbone's; None: the backbone's features alone
+    adapted_sha256: str | None = Field(None, pattern=SHA256)
+
+    _serialize = _omit_none(("adapted_sha256",))
+
+    @model_validator(mode="after")
+    def _dims(self) -> "Probe":
+        if self.dim != self.feature_dims()[0] + self.feature_dims()[1]:
+            raise ValueError(f"dim {self.dim} is not the feature space's {self.feature_dims()} (backbone, adapted)")
+        return self
+
+    def feature_dims(self) -> tuple[int, int]:
+        """(backbone, adapted) dimensions of the probe's feature space."""
+        return self.backbone.feature_dim, ADAPTED_DIM if self.adapted_sha256 else 0
 
     def radii(self) -> np.ndarray | None:
         if self.radii_f32_b64 is None:
@@ -96,9 +127,9 @@ def _parse(model: type[BaseModel], data: bytes, source: str, limit: int) -> Base
 
 def encode_probe(
     round_id: str, centroids: np.ndarray, backbone: BackboneSpec, sigma: float, delta: float, deadline: datetime,
-    radii: np.ndarray | None = None,
+    radii: np.ndarray | None = None, adapted_sha256: str | None = None,
 ) -> tuple[Probe, bytes, bytes]:  # fmt: skip
-    """(probe, probe.json bytes, centroids.npy bytes)."""
+    """(probe, probe.json bytes, centroids.npy bytes); adapted.npz travels as it is stored."""
     centroids = np.ascontiguousarray(centroids, dtype="<f4")
     buf = io.BytesIO()
     np.save(buf, centroids, allow_pickle=False)
@@ -113,6 +144,7 @@ def encode_probe(
         deadline=deadline,
         centroids_sha256=_sha256(npy),
         radii_f32_b64=None if radii is None else _f32_b64(radii),
+        adapted_sha256=adapted_sha256,
     )
     return probe, probe.model_dump_json(indent=1).encode(), npy
 
@@ -147,6 +179,19 @@ def decode_probe(
     if radii is not None and (radii.shape != (probe.k,) or not np.isfinite(radii).all() or (radii < 0).any()):
         raise ProtocolError(f"{source}/probe.json: radii must be {probe.k} finite non-negative numbers")
     return probe, centroids
+
+
+def check_adapted(probe: Probe, data: bytes, source: str = "probe") -> bytes:
+    """The adapted space's bytes, if they are the ones probe.json pins (size, then sha256);
+    they are parsed (allow_pickle=False) only after this, by ecos_core.adapted_space."""
+    where = f"{source}/adapted.npz"
+    if probe.adapted_sha256 is None:
+        raise ProtocolError(f"{source}: the probe ships no adapted feature space")
+    if len(data) > MAX_ADAPTED_BYTES:
+        raise ProtocolError(f"{where}: {len(data)} bytes, larger than {MAX_ADAPTED_BYTES}")
+    if _sha256(data) != probe.adapted_sha256:
+        raise ProtocolError(f"{where}: sha256 does not match the probe's adapted_sha256 (altered or truncated)")
+    return data
 
 
 # ------------------------------------------------------------------ response
@@ -214,6 +259,9 @@ class Invitation(BaseModel):
     response_url: str
     probe_hmac_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     deadline: AwareDatetime
+    adapted_url: str | None = None  # the probe's adapted.npz, when it ships one
+
+    _serialize = _omit_none(("adapted_url",))
 
 
 def decode_invitation(data: bytes, source: str) -> Invitation:

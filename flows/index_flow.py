@@ -1,17 +1,22 @@
 """Cloud index flow: embed the open-source pool and compress it into K centroids.
 
-Reusable across rounds: both steps are cached in the store by content. The built-in
+Reusable across rounds: every step is cached in the store by content. The built-in
 pool is embedded in this process; an ingested pool (cfg.data.pool) shard by shard on
 Dask, a manifest or image folder being ingested into the store first (only its new rows).
+In the combined feature space the pool-adapted CNN is trained on annotated pool images
+first and its features join the backbone's.
 """
 
 from __future__ import annotations
+
+import time
 
 from prefect import flow
 
 from ecos_core.config import RoundConfig
 from flows.ingest_flow import ingest_flow
 from flows.pool_index_flow import pool_index_flow
+from tasks.adapted import adapted_space, combine_domain_features
 from tasks.features import extract_features
 from tasks.index import build_pool_index
 from tasks.pool import pool_url_of
@@ -24,6 +29,11 @@ def index_flow(cfg: RoundConfig = RoundConfig(), store_url: str = "./ecos-store"
     if cfg.data.pool:
         return _index_ingested_pool(cfg, store_url)
     features = extract_features(store_url, cfg.data, cfg.index, cfg.seed)
+    if cfg.index.feature_space == "combined":
+        start = time.perf_counter()
+        adapted = adapted_space(store_url, None, cfg.data, cfg.index, cfg.train, cfg.seed)
+        keys = combine_domain_features(store_url, features["keys"], cfg.data, cfg.seed, adapted)
+        features.update(keys=keys, adapted=adapted, seconds=features["seconds"] + time.perf_counter() - start)
     index = build_pool_index(store_url, features["keys"], cfg.data, cfg.index, cfg.seed)
     return {"features": features, "index": index}
 
@@ -32,7 +42,7 @@ def _index_ingested_pool(cfg: RoundConfig, store_url: str) -> dict:
     pool_url = pool_url_of(cfg.data.pool, store_url)
     if pool_url != cfg.data.pool:  # a manifest or a folder: ingest what the store's copy lacks
         ingest_flow(cfg.data.pool, pool_url, dask_address=cfg.dask.address, workers=cfg.dask.workers)
-    out = pool_index_flow(pool_url, store_url, cfg.index, cfg.seed, cfg.dask.address, cfg.dask.workers)
+    out = pool_index_flow(pool_url, store_url, cfg.index, cfg.seed, cfg.dask.address, cfg.dask.workers, cfg.train)
     features = out["features"]
     hits = features["shards"] - features["embedded_now"]
     features.update(keys={}, cache_hits=[f"{hits} of {features['shards']} pool shards"] if hits else [])

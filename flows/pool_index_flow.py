@@ -12,10 +12,11 @@ import time
 from prefect import flow, get_run_logger, unmapped
 
 from ecos_core import layout
-from ecos_core.config import IndexConfig
+from ecos_core.config import IndexConfig, TrainConfig
 from ecos_core.content import content_key
 from ecos_core.index import sample_rows, train_centroids
 from tasks import catalog
+from tasks.adapted import adapt_shard, adapted_space
 from tasks.features import backbone_spec
 from tasks.pool import require_pool
 from tasks.pool_index import assign_shard, embed_shard, sample_features, save_pool_index
@@ -24,7 +25,7 @@ from tasks.store import check_store
 
 
 @flow(name="ecos-pool-index-shards")
-def _index_shards(pool_url: str, store_url: str, index: IndexConfig, seed: int, threads: int) -> dict:
+def _index_shards(pool_url: str, store_url: str, index: IndexConfig, seed: int, threads: int, train: TrainConfig) -> dict:
     log = get_run_logger()
     _, pool = require_pool(pool_url)
     shards, sizes = pool.shards(), list(pool.shard_sizes().values())
@@ -35,15 +36,18 @@ def _index_shards(pool_url: str, store_url: str, index: IndexConfig, seed: int, 
     computed = [e for e in embedded if e["computed"]]
     log.info("features: %d of %d shards embedded now, %d found in the store", len(computed), len(shards),
              len(shards) - len(computed))  # fmt: skip
+    keys, adapted = [e["key"] for e in embedded], None
+    if index.feature_space == "combined":  # the adapted CNN, trained on annotated pool images, then per shard
+        adapted = adapted_space(store_url, pool_url, None, index, train, seed)
+        keys = [f.result() for f in adapt_shard.map(store_url, pool_url, shards, keys, unmapped(adapted), threads)]
     features_s = time.perf_counter() - start
-    keys = [e["key"] for e in embedded]
     # the catalog's ids and domains too: members.parquet names them, and the same pixels
     # may be listed under other ids in another pool
     key = content_key("pool-index-v2", keys, pool.ids, pool.domains, index.k, index.niter, index.nredo, seed,
                       index.points_per_centroid)  # fmt: skip
     store = catalog.store(store_url)
     features = {"shards": len(shards), "embedded_now": len(computed), "images_embedded": sum(e["n"] for e in computed),
-                "seconds": features_s, "backbone": spec.model_dump(mode="json"),
+                "seconds": features_s, "backbone": spec.model_dump(mode="json"), "adapted": adapted,
                 "devices": sorted({e["device"] for e in embedded})}  # fmt: skip
     if store.exists(layout.index_part(key, "meta.json")):
         log.info("index %s found in the store: KMeans and assignment skipped", key)
@@ -67,9 +71,11 @@ def pool_index_flow(
     seed: int = 0,
     dask_address: str | None = None,
     workers: int | None = None,
+    train: TrainConfig = TrainConfig(),
 ) -> dict:
-    """dask_address: an existing cluster (tcp://host:8786); else a local one of `workers` processes."""
+    """dask_address: an existing cluster (tcp://host:8786); else a local one of `workers` processes.
+    train: how the combined feature space's adapted CNN is trained (the round's settings)."""
     check_store(store_url)
     runner = dask_runner(dask_address, workers)
     threads = torch_threads(workers) if dask_address is None else 0
-    return _index_shards.with_options(task_runner=runner)(pool_url, store_url, index, seed, threads)
+    return _index_shards.with_options(task_runner=runner)(pool_url, store_url, index, seed, threads, train)

@@ -88,8 +88,9 @@ def round_flow(
 
     if simulate_clients:
         enroll_simulated_clients(store_url, list(cfg.clients), device_dir)
+    adapted = indexed["features"].get("adapted")  # the combined feature space's CNN, shipped in the probe
     probe = publish_probe(store_url, round_id, index_key, indexed["features"]["backbone"], cfg.sigma, cfg.delta,
-                          cfg.deadline_s, list(cfg.clients), cfg.index.coverage)  # fmt: skip
+                          cfg.deadline_s, list(cfg.clients), cfg.index.coverage, adapted)  # fmt: skip
     if simulate_clients:
         launch_simulated_clients(store_url, cfg, round_id, device_dir)
     steps.lap("probe")
@@ -104,7 +105,7 @@ def round_flow(
     save_round_config(store_url, round_id, cfg)
     selections = []
     for client_id, answer in responses["accepted"].items():
-        exact = oracle_counts(store_url, cfg, feature_keys, index_key, client_id) if "oracle" in cfg.sampling.samplers else None
+        exact = oracle_counts(store_url, cfg, feature_keys, index_key, client_id, adapted) if "oracle" in cfg.sampling.samplers else None
         for method in cfg.sampling.samplers:
             picked = select_proxy_set(store_url, cfg, feature_keys, index_key, round_id, client_id, method,
                                       answer["scores"], exact)  # fmt: skip

@@ -101,13 +101,13 @@ def read_members(store_url: str, index_key: str, clusters: list[int] | None = No
     return pd.read_parquet(io.BytesIO(data), filters=filters)
 
 
-def features_at(store_url: str, index_key: str, spec: BackboneSpec, rows: pd.DataFrame) -> np.ndarray:
+def features_at(store_url: str, index_key: str, dim: int, rows: pd.DataFrame) -> np.ndarray:
     """l2-normalised features of `rows` (columns shard, row), in their order, reading only
     the shards they lie in, one at a time."""
     store = catalog.store(store_url)
     keys = store.read_json(layout.index_part(index_key, "features.json"))  # shard -> its features (CPU or GPU)
     rows = rows.reset_index(drop=True)  # group.index: positions in `rows`
-    out = np.empty((len(rows), spec.feature_dim), dtype=np.float32)
+    out = np.empty((len(rows), dim), dtype=np.float32)  # dim: the index's feature space (backbone or combined)
     for sha, group in rows.groupby("shard", sort=False):
         taken = store.read_npy(keys[sha])[group["row"].to_numpy()]
         out[group.index.to_numpy()] = l2_normalize(taken)  # row by row, as on the whole: no second full copy

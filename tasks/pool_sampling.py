@@ -8,7 +8,6 @@ import numpy as np
 import pandas as pd
 
 from ecos_core import layout
-from ecos_core.feature_space import BackboneSpec
 from ecos_core.config import RoundConfig
 from ecos_core.samplers import ECOSSampler, KCenterSampler, RandomSampler, SamplingPool
 from tasks import catalog
@@ -31,8 +30,7 @@ def eligible_members(store_url: str, index_key: str, cfg: RoundConfig) -> pd.Dat
     return members[~out].reset_index(drop=True)
 
 
-def select_from_pool(store_url: str, index_key: str, spec: BackboneSpec, cfg: RoundConfig, method: str,
-                     scores: np.ndarray | None) -> np.ndarray:  # fmt: skip
+def select_from_pool(store_url: str, index_key: str, cfg: RoundConfig, method: str, scores: np.ndarray | None) -> np.ndarray:
     """The ids one sampler picks; `scores` are ECOS's noisy scores or the Oracle's counts."""
     members, budget, s = eligible_members(store_url, index_key, cfg), cfg.sampling.budget, cfg.sampling
     if method == "full":
@@ -42,7 +40,7 @@ def select_from_pool(store_url: str, index_key: str, spec: BackboneSpec, cfg: Ro
     centroids = catalog.store(store_url).read_npy(layout.index_part(index_key, "centroids.npy"))
     if method == "kcenter":
         candidates = members.iloc[RandomSampler(cfg.seed).select_n(len(members), s.kcenter_sample)].reset_index(drop=True)
-        view = SamplingPool(features_at(store_url, index_key, spec, candidates), candidates["cluster"].to_numpy(np.int64), centroids)
+        view = SamplingPool(features_at(store_url, index_key, centroids.shape[1], candidates), candidates["cluster"].to_numpy(np.int64), centroids)
         return candidates["id"].to_numpy(str)[KCenterSampler(cfg.seed).select(view, budget)]
     rule = ECOSSampler(sigma=cfg.sigma if method == "ecos" else 0.0, seed=cfg.seed, **s.rule_params())
     scores = np.asarray(scores, dtype=np.float64)
@@ -55,7 +53,7 @@ def select_from_pool(store_url: str, index_key: str, spec: BackboneSpec, cfg: Ro
         needed = members[members["cluster"].isin(batch)]  # index: positions in `members`
         if len(needed) > MAX_ROWS_IN_MEMORY:  # one cluster alone, larger than the cap
             needed = needed.iloc[RandomSampler(cfg.seed).select_n(len(needed), max(MAX_ROWS_IN_MEMORY, int(share[batch].sum())))]
-        view = SamplingPool(features_at(store_url, index_key, spec, needed), needed["cluster"].to_numpy(np.int64), centroids)
+        view = SamplingPool(features_at(store_url, index_key, centroids.shape[1], needed), needed["cluster"].to_numpy(np.int64), centroids)
         picked.append(needed.index.to_numpy()[rule.pick(view, np.where(np.isin(np.arange(len(share)), batch), share, 0))])
     return members["id"].to_numpy(str)[np.sort(np.concatenate(picked))] if picked else np.zeros(0, dtype=str)
 

@@ -147,7 +147,9 @@ def write_report(
         "## Every domain alone (Local: its own train part → its test part)",
         markdown_table(domains) if not domains.empty else "(not computed)",
         "## Time per step (s)", markdown_table(step_table, ".1f"),
-        f"Feature cache: {'hit for ' + ', '.join(cache_hits) if cache_hits else 'all computed'}.",
+        f"Feature space: {cfg.index.backbone}"
+        + (" beside a CNN trained on annotated pool images, shipped in the probe" if cfg.index.feature_space == "combined" else "")
+        + f" ({probe['dim']}-d). Feature cache: {'hit for ' + ', '.join(cache_hits) if cache_hits else 'all computed'}.",
         "![results](results.png)",
     ])  # fmt: skip
     keys = {"results_csv": "results.csv", "results_md": "results.md", "report": "report.md", "plot": "results.png"}

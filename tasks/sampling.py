@@ -12,7 +12,7 @@ from ecos_core.config import RoundConfig
 from ecos_core.samplers import SamplingPool, make_sampler
 from tasks import catalog
 from tasks.common import STORAGE_RETRIES
-from tasks.features import backbone_spec, features_of
+from tasks.features import features_of
 from tasks.pool_sampling import select_from_pool
 from tasks.index import load_index
 from ecos_core.index import l2_normalize
@@ -33,8 +33,7 @@ def select_proxy_set(
 ) -> dict:  # fmt: skip
     start = time.perf_counter()
     if cfg.data.pool:
-        ids = select_from_pool(store_url, index_key, backbone_spec(cfg.index), cfg, method,
-                               noisy_scores if method == "ecos" else exact_counts)  # fmt: skip
+        ids = select_from_pool(store_url, index_key, cfg, method, noisy_scores if method == "ecos" else exact_counts)
         return _save(store_url, round_id, client_id, method, ids, time.perf_counter() - start, cfg.sampling.budget)
     pool = catalog.split(cfg.data, cfg.seed)[2]
     index = load_index(store_url, index_key)

@@ -21,7 +21,8 @@ from ecos_core.coverage import coverage_counts
 from ecos_core.data.npz import save_imageset
 from ecos_core.types import ImageSet
 from tasks import catalog
-from tasks.features import backbone_spec, features_of
+from tasks.adapted import images_in_space
+from tasks.features import features_of
 from tasks.index import load_centroids
 
 
@@ -66,15 +67,12 @@ def launch_simulated_clients(store_url: str, cfg: RoundConfig, round_id: str, de
 
 
 @task(name="oracle-counts")
-def oracle_counts(store_url: str, cfg: RoundConfig, feature_keys: dict[str, str], index_key: str, client_id: str) -> list[float]:
+def oracle_counts(store_url: str, cfg: RoundConfig, feature_keys: dict[str, str], index_key: str, client_id: str,
+                  adapted: dict | None = None) -> list[float]:  # fmt: skip
     """Exact, noise-free coverage counts: what only a non-private oracle could know."""
     shard = client_shard(cfg, client_id)
     if cfg.data.pool or cfg.data.client:  # the client is not part of the cloud's feature cache: embed it here
-        from ecos_core.backbones import load_backbone  # here: torch only when the Oracle is asked for
-        from ecos_core.features import embed
-
-        model, _ = load_backbone(spec := backbone_spec(cfg.index))
-        feats = embed(shard.images, model, spec.preprocessing, cfg.index.batch_size, show_bar=False)
+        feats = images_in_space(store_url, shard, cfg.index, adapted)
     else:
         feats = features_of(store_url, feature_keys, cfg.data, cfg.seed, shard.ids)
     centroids, radii = load_centroids(store_url, index_key)

@@ -65,6 +65,7 @@ FIRST_HOUR = [  # (args, what the one line must say): each fails in under a seco
     (["run", "--backbone", "onnx", "--model-sha256", "a" * 64], "--model-url: backbone 'onnx' needs model_url"),
     (["index", "--model-url", "m.onnx"], "--model-url: model_url is only for backbone 'onnx'"),
     (["run", "--backbone", "onnx", "--model-url", "m.onnx", "--model-sha256", "abc"], "--model-sha256: String should match"),
+    (["index", "--feature-space", "adapted"], "--feature-space: Input should be 'backbone' or 'combined' (got 'adapted')"),
 ]
 
 

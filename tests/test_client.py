@@ -1,5 +1,6 @@
 """The edge client: verify the invitation's probe, answer, sign, upload once, keep a ledger."""
 
+import hashlib
 import subprocess
 import sys
 from datetime import datetime, timedelta, timezone
@@ -21,18 +22,26 @@ from tests.conftest import make_imageset
 K = 8
 
 
-def publish(store: Store, enrollment, round_id="r1", spec=None, deadline_s=300.0, mac_key=None) -> Invitation:
-    centroids = np.random.default_rng(0).normal(size=(K, 1280)).astype(np.float32)
+def publish(store: Store, enrollment, round_id="r1", spec=None, deadline_s=300.0, mac_key=None,
+            adapted: bytes | None = None) -> Invitation:  # fmt: skip
+    """A probe and invitation as the cloud publishes them; `adapted`: a combined-space probe's weights."""
+    spec = spec or BackboneSpec()
+    dim = spec.feature_dim + (128 if adapted is not None else 0)
+    centroids = np.random.default_rng(0).normal(size=(K, dim)).astype(np.float32)
     deadline = datetime.now(timezone.utc) + timedelta(seconds=deadline_s)
-    _, pj, npy = encode_probe(round_id, centroids, spec or BackboneSpec(), 6.1, 1e-5, deadline)
+    sha = None if adapted is None else hashlib.sha256(adapted).hexdigest()
+    _, pj, npy = encode_probe(round_id, centroids, spec, 6.1, 1e-5, deadline, adapted_sha256=sha)
     store.write_bytes(layout.probe_centroids(round_id), npy)
     store.write_bytes(layout.probe_json(round_id), pj)
+    if adapted is not None:
+        store.write_bytes(layout.probe_adapted(round_id), adapted)
     return Invitation(
         round_id=round_id, client_id=enrollment.client_id, deadline=deadline,
         probe_url=store.presign(layout.probe_json(round_id), "get", deadline),
         centroids_url=store.presign(layout.probe_centroids(round_id), "get", deadline),
         response_url=store.presign(layout.response(round_id, enrollment.client_id), "put", deadline),
         probe_hmac_sha256=probe_mac(mac_key or enrollment.key_b64, pj),
+        adapted_url=None if adapted is None else store.presign(layout.probe_adapted(round_id), "get", deadline),
     )  # fmt: skip
 
 
@@ -120,10 +129,10 @@ def _no_features(*_a, **_k):
 
 def test_probe_naming_a_backbone_this_device_lacks_is_refused_before_any_feature_or_epsilon(setup, tmp_path, monkeypatch):
     import ecos_core.backbones.common as common
-    import ecos_core.client as client
+    import ecos_core.features as features
 
     store, enrollment, ledger = setup
-    monkeypatch.setattr(client, "embed", _no_features)
+    monkeypatch.setattr(features, "embed", _no_features)
     user = BackboneSpec(name="onnx", weights_sha256="0" * 64, feature_dim=1280, model_url=str(tmp_path / "missing.onnx"))
     with pytest.raises(ProtocolError, match=r"^round r1: the probe's backbone onnx \(sha256 000000000000…, 1280-d, 64 px "
                                             r"from .*missing.onnx\) is not on this device: model file not found"):
@@ -138,10 +147,10 @@ def test_probe_naming_a_backbone_this_device_lacks_is_refused_before_any_feature
 
 
 def test_probe_naming_an_unknown_backbone_is_refused(setup, monkeypatch):
-    import ecos_core.client as client
+    import ecos_core.features as features
 
     store, enrollment, ledger = setup
-    monkeypatch.setattr(client, "embed", _no_features)
+    monkeypatch.setattr(features, "embed", _no_features)
     invitation = publish(store, enrollment)
     forged = store.read_bytes(layout.probe_json("r1")).replace(b'"mobilenet_v2"', b'"resnet50"')  # a newer cloud's
     store.write_bytes(layout.probe_json("r1"), forged)

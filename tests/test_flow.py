@@ -3,6 +3,7 @@ with a real client process answering through the store."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 
@@ -40,8 +41,12 @@ def test_round_runs_end_to_end(first_round, store_url):
     ecos = results.set_index("method").loc["ecos"]
     assert ecos["epsilon"] == pytest.approx(0.584, abs=0.002)
     assert 0 < ecos["bytes_up"] <= 4 * TINY.index.k + 1024
-    assert 0 < ecos["bytes_down"] <= 4 * TINY.index.k * 1280 + 4096
     store = Store(store_url)
+    # the combined feature space (the default): the probe ships the adapted CNN, pinned by its hash
+    probe, weights = json.loads(store.read_bytes(layout.probe_json("t-round-1"))), store.read_bytes(layout.probe_adapted("t-round-1"))
+    assert probe["dim"] == 1280 + 128 and probe["adapted_sha256"] == hashlib.sha256(weights).hexdigest()
+    assert json.loads(store.read_bytes(layout.invitation("t-round-1", "client-0")))["adapted_url"]
+    assert 0 < ecos["bytes_down"] <= 4 * TINY.index.k * (1280 + 128) + len(weights) + 4096
     for name in ("report.md", "results.csv", "results.png", "manifest.json", "ledger.json"):
         assert store.exists(layout.round_key("t-round-1", name)), name
     ledger = store.read_json(layout.round_key("t-round-1", "ledger.json"))
@@ -52,6 +57,7 @@ def test_round_runs_end_to_end(first_round, store_url):
     text = "\n".join(report)
     assert "**Simulation**" in text and "| client-0    | accepted |" in text and "Oracle: the same rule" in text
     assert "## Privacy spent by each device" in text
+    assert "Feature space: mobilenet_v2 beside a CNN trained on annotated pool images, shipped in the probe (1408-d)" in text
     assert len(first_round["domains"]) == len(TINY.data.domains)
 
 
@@ -209,8 +215,20 @@ def test_a_round_with_efficientnet_lite0_never_reuses_mobilenet_features(first_r
     store = Store(store_url)
     assert list(store.read_json(layout.round_key("t-round-lite0", "ledger.json"))["accepted"]) == ["client-0"]
     probe = json.loads(store.read_bytes(layout.probe_json("t-round-lite0")))
-    assert probe["backbone"]["name"] == "efficientnet_lite0" and probe["dim"] == 1280
+    assert probe["backbone"]["name"] == "efficientnet_lite0" and probe["dim"] == 1280 + 128
     assert "Feature cache: all computed" in store.read_bytes(layout.round_key("t-round-lite0", "report.md")).decode()
     mob, lite = index_flow(TINY, store_url), index_flow(lite0, store_url)  # both in the store by now: cache hits
     assert set(mob["features"]["keys"].values()).isdisjoint(lite["features"]["keys"].values())
     assert mob["index"]["key"] != lite["index"]["key"]
+
+
+def test_the_backbone_feature_space_never_reuses_the_combined_index(first_round, store_url):
+    """feature_space is part of every feature and index key; alone, the backbone's space ships no CNN."""
+    from flows.index_flow import index_flow
+
+    alone = TINY.model_copy(update={"index": TINY.index.model_copy(update={"feature_space": "backbone"})})
+    both, plain = index_flow(TINY, store_url), index_flow(alone, store_url)
+    assert both["features"]["adapted"]["bytes"] > 0 and "adapted" not in plain["features"]
+    assert set(both["features"]["keys"].values()).isdisjoint(plain["features"]["keys"].values())
+    assert both["index"]["key"] != plain["index"]["key"]
+    assert both["features"]["adapted"] == index_flow(TINY, store_url)["features"]["adapted"]  # trained once, found after

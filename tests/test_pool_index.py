@@ -17,7 +17,9 @@ from ecos_core.pool import layout
 from ecos_core.pool.shards import ShardIntegrityError
 from ecos_core.samplers import ECOSSampler, KCenterSampler, SamplingPool
 
-INDEX = IndexConfig(k=10, niter=10, nredo=1)  # 10 × 256 sample points ≥ the pool: KMeans sees every point
+# 10 × 256 sample points ≥ the pool: KMeans sees every point; the backbone's space, which the
+# bit-identity tests below rebuild in memory (the combined space has its own test)
+INDEX = IndexConfig(k=10, niter=10, nredo=1, feature_space="backbone")
 SOURCES = ("builtin:mnist:700", "builtin:mnistm:500", "builtin:animal:500", "builtin:synth:300")
 
 
@@ -76,6 +78,39 @@ def test_dask_index_is_bit_identical_to_the_single_process_path(pool_url, indexe
     assert set(some["cluster"]) == {2, 5} and len(some) == int(np.isin(ref.assignments, [2, 5]).sum())
 
 
+def test_the_combined_space_on_dask_is_the_one_computed_in_memory(pool_url, indexed):
+    """feature_space "combined": the adapted CNN is trained once on the pool's annotated rows
+    ("none" for the off-task animal silhouettes), then each shard is combined on a worker;
+    the index is exactly KMeans over the in-memory combined features."""
+    from ecos_core import layout as store_layout
+    from ecos_core.adapted_space import combined
+    from ecos_core.config import TrainConfig
+    from flows.pool_index_flow import pool_index_flow
+    from tasks import catalog
+    from tasks.adapted import load_adapted
+    from tasks.pool import read_shard
+    from tasks.pool_index import read_members
+
+    store_url, plain = indexed
+    cfg = INDEX.model_copy(update={"feature_space": "combined", "adapted_size": 400})
+    out = pool_index_flow(pool_url, store_url, cfg, seed=0, workers=2, train=TrainConfig(max_steps=10, batch_size=32))
+    assert out["features"]["embedded_now"] == 0 and out["index"]["key"] != plain["index"]["key"]  # backbone features reused
+    space = load_adapted(store_url, out["features"]["adapted"])
+    pool, features = in_memory(pool_url)
+    rows = np.cumsum([0, *[len(read_shard(pool_url, s)) for s in pool.shards()]])
+    expected = np.concatenate([combined(features[a:b], space.embed(read_shard(pool_url, s)))
+                               for s, a, b in zip(pool.shards(), rows[:-1], rows[1:])])  # fmt: skip
+    store = catalog.store(store_url)
+    where = store.read_json(store_layout.index_part(out["index"]["key"], "features.json"))
+    assert np.array_equal(np.concatenate([store.read_npy(where[s]) for s in pool.shards()]), expected)
+    ref = build_index(expected, INDEX.k, 0, INDEX.niter, INDEX.nredo)
+    assert np.array_equal(store.read_npy(store_layout.index_part(out["index"]["key"], "centroids.npy")), ref.centroids)
+    members = read_members(store_url, out["index"]["key"]).set_index("id").loc[pool.ids]
+    assert np.array_equal(members["cluster"].to_numpy(), ref.assignments)
+    again = pool_index_flow(pool_url, store_url, cfg, seed=0, workers=2, train=TrainConfig(max_steps=10, batch_size=32))
+    assert again["features"]["adapted"] == out["features"]["adapted"] and again["index"]["key"] == out["index"]["key"]
+
+
 def test_each_shard_is_embedded_on_its_workers_device_and_the_index_knows_where(pool_url, indexed):
     """device "auto" (the default) embeds on a worker's GPU when it has one: these CPU
     workers report "cpu" and use the CPU key; a GPU's features get a key of their own."""
@@ -113,20 +148,19 @@ def test_pool_selections_match_the_in_memory_samplers(pool_url, indexed, few, mo
         monkeypatch.setattr(pool_sampling, "MAX_ROWS_IN_MEMORY", int(np.bincount(ref.assignments).max()))
     view = SamplingPool(l2_normalize(features)[keep], ref.assignments[keep], ref.centroids)
     scores = np.bincount(ref.assignments[keep][pool.domains[keep] == "mnistm"], minlength=INDEX.k).astype(float)
-    _, spec = load_backbone()
     rule = ECOSSampler(sigma=0.0, seed=0)
     expected = {"oracle": rule.select_with_scores(view, 150, scores), "kcenter": KCenterSampler(0).select(view, 150)}
     for method, picked in expected.items():
-        got = select_from_pool(store_url, out["index"]["key"], spec, cfg, method, scores)
+        got = select_from_pool(store_url, out["index"]["key"], cfg, method, scores)
         assert list(got) == list(pool.ids[keep][picked]), method  # same ids, in pool order
     # the cluster hierarchy groups the index's centroids on the sharded path too
     grouped = cfg.model_copy(update={"sampling": cfg.sampling.model_copy(update={"group_sizes": (3.0, 5.0)})})
     noisy = scores + np.random.default_rng(0).normal(0, cfg.sigma, size=INDEX.k)
     picked = ECOSSampler(sigma=cfg.sigma, seed=0, **grouped.sampling.rule_params()).select_with_scores(view, 150, noisy)
-    got = select_from_pool(store_url, out["index"]["key"], spec, grouped, "ecos", noisy)
+    got = select_from_pool(store_url, out["index"]["key"], grouped, "ecos", noisy)
     assert list(got) == list(pool.ids[keep][picked])
     ood = cfg.model_copy(update={"data": cfg.data.model_copy(update={"regime": "ood"})})
-    assert not any(i.startswith("mnistm/") for i in select_from_pool(store_url, out["index"]["key"], spec, ood, "random", None))
+    assert not any(i.startswith("mnistm/") for i in select_from_pool(store_url, out["index"]["key"], ood, "random", None))
 
 
 def test_a_cluster_larger_than_the_memory_cap_is_k_centred_over_a_seeded_sample(pool_url, indexed, monkeypatch):
@@ -136,18 +170,18 @@ def test_a_cluster_larger_than_the_memory_cap_is_k_centred_over_a_seeded_sample(
 
     monkeypatch.setattr(pool_sampling, "MAX_ROWS_IN_MEMORY", 40)  # every cluster is larger
     store_url, out = indexed
-    key, (_, spec) = out["index"]["key"], load_backbone()
+    key = out["index"]["key"]
     cfg = RoundConfig.model_validate({"data": {"pool": pool_url}, "index": INDEX.model_dump(), "sampling": {"budget": 60}})
     members = read_members(store_url, key)
     scores = np.bincount(members["cluster"][members["domain"] == "mnistm"], minlength=INDEX.k).astype(float)
     loaded = []
     real_features_at = pool_sampling.features_at
     monkeypatch.setattr(pool_sampling, "features_at", lambda *a: loaded.append(len(a[3])) or real_features_at(*a))
-    got = select_from_pool(store_url, key, spec, cfg, "oracle", scores)
+    got = select_from_pool(store_url, key, cfg, "oracle", scores)
     assert len(got) == 60 and len(set(got)) == 60 and max(loaded) <= 40  # never more rows than the cap at once
     kept = ECOSSampler(sigma=0.0).cluster_budgets(scores, np.bincount(members["cluster"], minlength=INDEX.k), 60)
     assert set(members.set_index("id").loc[got, "cluster"]) <= set(np.flatnonzero(kept))
-    assert list(select_from_pool(store_url, key, spec, cfg, "oracle", scores)) == list(got)  # seeded
+    assert list(select_from_pool(store_url, key, cfg, "oracle", scores)) == list(got)  # seeded
 
 
 def test_only_new_shards_are_embedded_and_a_changed_shard_is_refused(pool_url, indexed, tmp_path):
