@@ -178,7 +178,7 @@ def index(
     from flows.index_flow import index_flow
 
     out = index_flow(cfg, url)
-    typer.echo(json.dumps(out["index"], indent=1))
+    typer.echo(json.dumps({**out["index"], "adapted_space": out["features"].get("adapted")}, indent=1))
 
 
 @client_app.command("respond")

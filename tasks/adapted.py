@@ -23,18 +23,20 @@ _TRAIN_KEYED = {"max_epochs", "max_steps", "batch_size", "lr", "weight_decay", "
 
 
 def _annotated(store_url: str, pool_url: str | None, data: DataConfig | None, index: IndexConfig, seed: int):  # noqa: ANN202
-    """(ids, labels, domains, rows, images of those rows) of what the annotators label."""
+    """(ids, labels, domains, rows, what the rows' pixels are, their images) of what the
+    annotators label. Pixels: a built-in image is its id; an ingested one, its shard's hash."""
     from ecos_core.adapted_space import annotated_rows
 
     if pool_url is None:
         pool = catalog.split(data or DataConfig(), seed)[2]
         rows = annotated_rows(pool.labels, pool.domains, index.adapted_size, index.off_task_domains, seed)
-        return pool.ids, pool.labels, pool.domains, rows, lambda: pool.images[rows]
+        return pool.ids, pool.labels, pool.domains, rows, pool.ids[rows], lambda: pool.images[rows]
     from tasks.pool import images_of, require_pool
 
     _, table = require_pool(pool_url)
     rows = annotated_rows(table.labels, table.domains, index.adapted_size, index.off_task_domains, seed)
-    return table.ids, table.labels, table.domains, rows, lambda: images_of(pool_url, table.ids[rows]).images
+    pixels = table.table["shard"].to_numpy(str)[rows]
+    return table.ids, table.labels, table.domains, rows, pixels, lambda: images_of(pool_url, table.ids[rows]).images
 
 
 @task(name="train-adapted-space", **STORAGE_RETRIES)
@@ -45,9 +47,11 @@ def adapted_space(store_url: str, pool_url: str | None, data: DataConfig | None,
     from ecos_core.adapted_space import annotated_set, train_adapted_space
 
     store = catalog.store(store_url)
-    ids, labels, domains, rows, images = _annotated(store_url, pool_url, data, index, seed)
+    # on whatever this process has (the round's training may be routed to a GPU pool; this is not)
+    train = train.model_copy(update={"accelerator": "auto", "devices": 1, "strategy": "auto"})
+    ids, labels, domains, rows, pixels, images = _annotated(store_url, pool_url, data, index, seed)
     keyed = train.model_dump(mode="json", include=_TRAIN_KEYED)
-    key = content_key("adapted-v1", ids[rows], labels[rows], domains[rows], list(index.off_task_domains),
+    key = content_key("adapted-v1", ids[rows], pixels, labels[rows], domains[rows], list(index.off_task_domains),
                       index.adapted_width, keyed, seed)[:32]  # fmt: skip
     path = layout.adapted_space(key)
     if not store.exists(path):

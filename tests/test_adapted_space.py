@@ -168,3 +168,24 @@ def test_an_archive_whose_members_hide_a_pickle_is_refused(space):
         out.write(b"\x80\x04K\x04.")  # a pickle where an .npy header belongs
     with pytest.raises(ValueError, match="not a weights archive"):
         AdaptedSpace.from_bytes(buf.getvalue())
+
+
+def test_the_space_trains_on_the_index_process_even_when_training_is_routed_to_a_gpu_pool(tmp_path, one_torch_thread):
+    """The GPU-training deployment sets train.accelerator="gpu" for the proxy-set models; the
+    adapted space is trained where the index runs (a CPU worker here), and keyed without it."""
+    from prefect import flow
+
+    from ecos_core.config import DataConfig, IndexConfig, TrainConfig
+    from tasks.adapted import adapted_space
+    from tests_helpers_tiny import TINY_ROUND
+
+    data, index = DataConfig.model_validate(TINY_ROUND["data"]), IndexConfig(adapted_size=120)
+    fit = {"max_steps": 3, "batch_size": 16}
+
+    @flow
+    def train(accelerator: str) -> dict:
+        return adapted_space(str(tmp_path), None, data, index, TrainConfig(accelerator=accelerator, **fit), 0)
+
+    gpu = train("gpu")
+    assert gpu["bytes"] > 0 and train("cpu") == gpu  # the same space: found in the store, not retrained
+    assert Store(str(tmp_path)).exists(layout.adapted_space(gpu["key"]))
