@@ -243,10 +243,13 @@ class BenchContext:
         return self._teachers[key]
 
 
-def _probe_bytes(k: int, dim: int, bspec: BackboneSpec, sigma: float, delta: float, ball: bool) -> tuple[int, int]:
-    """(bytes down, bytes up) of one coverage round: probe.json + centroids.npy, response json."""
+def _probe_bytes(k: int, dim: int, bspec: BackboneSpec, sigma: float, delta: float, ball: bool,
+                 adapted: bool) -> tuple[int, int]:  # fmt: skip
+    """(bytes down, bytes up) of one coverage round: probe.json + centroids.npy (the adapted
+    space's weights are added by the caller), response json."""
     _, probe_json, npy = encode_probe("bench-round", np.zeros((k, dim), np.float32), bspec, sigma, delta,
-                                      datetime(2030, 1, 1, tzinfo=UTC), np.zeros(k) if ball else None)  # fmt: skip
+                                      datetime(2030, 1, 1, tzinfo=UTC), np.zeros(k) if ball else None,
+                                      "0" * 64 if adapted else None)  # fmt: skip
     up = encode_response(Response.from_scores("bench-round", "client-0", np.zeros(k)))
     return len(probe_json) + len(npy), len(up)
 
@@ -308,12 +311,12 @@ def run_cell(cell: Cell, ctx: BenchContext) -> dict:
     if cell.sampler == "ecos":
         eps = gaussian_epsilon(cell.sigma, spec.delta)
         events.append(gaussian_event(cell.sigma))
-        down, up = _probe_bytes(k, dim, bspec, cell.sigma, spec.delta, spec.coverage == "ball")
+        down, up = _probe_bytes(k, dim, bspec, cell.sigma, spec.delta, spec.coverage == "ball", s.space_bytes > 0)
         down += s.space_bytes
         macs, client_s = _client_macs(spec, len(s.train), k, dim), s.client_s
     elif cell.sampler == "oracle":  # exact counts: no noise, no guarantee
         eps = float("inf")
-        down, up = _probe_bytes(k, dim, bspec, 1.0, spec.delta, spec.coverage == "ball")
+        down, up = _probe_bytes(k, dim, bspec, 1.0, spec.delta, spec.coverage == "ball", s.space_bytes > 0)
         down += s.space_bytes
         macs, client_s = _client_macs(spec, len(s.train), k, dim), s.client_s
     else:  # blind to the client
