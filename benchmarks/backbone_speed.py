@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/backbone_speed.py [--images 2048] [--repeats 5] [--threads 2] [--size 64]
         [--onnx] [--out benchmarks/results/backbones/speed.md]
 
-Embeds the same seeded batch of 28×28 built-in images (mnistm) through `ecos_core.features.embed`,
+Embeds the same seeded batch of 28×28 built-in images (mnistm) through `ecos_core.embedding.features.embed`,
 exactly as the index and the devices do (preprocessing included), once to warm up and then
 `--repeats` times, the backbones' passes interleaved; reports the median images per second (and min/max), the probe's bytes at
 K=100 (probe.json + centroids.npy), and MACs per image. `--onnx` also exports the MobileNetV2
@@ -24,13 +24,13 @@ import numpy as np
 import torch
 import typer
 
-from ecos_core.backbones import load_backbone, resolve_spec
-from ecos_core.backbones.common import file_sha256
-from ecos_core.bench_grid import BACKBONE_MACS_224
+from ecos_core.embedding.backbones import load_backbone, resolve_spec
+from ecos_core.embedding.backbones.common import file_sha256
+from ecos_core.benchmark.grid import BACKBONE_MACS_224
 from ecos_core.data.builtin import load_domain
-from ecos_core.feature_space import BackboneSpec, Preprocessing
-from ecos_core.features import embed
-from ecos_core.protocol import encode_probe
+from ecos_core.embedding.feature_space import BackboneSpec, Preprocessing
+from ecos_core.embedding.features import embed
+from ecos_core.exchange.protocol import encode_probe
 
 K = 100
 
@@ -57,7 +57,7 @@ def time_embed(models: dict[str, tuple[torch.nn.Module, BackboneSpec]], images: 
 
 
 def export_mobilenet_onnx(folder: Path, size: int) -> Path:
-    from ecos_core.backbones.mobilenet_v2 import load_mobilenet_v2
+    from ecos_core.embedding.backbones.mobilenet_v2 import load_mobilenet_v2
 
     net, _ = load_mobilenet_v2()
     trunk = torch.nn.Sequential(net.features, torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten()).eval()

@@ -59,10 +59,11 @@ class StepMeter:
 
 
 def one_size(n: int, url: str) -> dict:
-    from ecos_core import layout, transport
-    from ecos_core.auth import enroll, signed_response_bytes
-    from ecos_core.feature_space import FEATURE_DIM, BackboneSpec
-    from ecos_core.protocol import decode_invitation, response_json_bytes
+    from ecos_core.storage import layout
+    from ecos_core.exchange import transport
+    from ecos_core.exchange.auth import enroll, signed_response_bytes
+    from ecos_core.embedding.feature_space import FEATURE_DIM, BackboneSpec
+    from ecos_core.exchange.protocol import decode_invitation, response_json_bytes
     from tasks import catalog, probe, responses
     from tasks.uploads import RoundTerms, answered, judge_new_uploads
 

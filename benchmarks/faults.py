@@ -65,8 +65,8 @@ def start_services(run_dir: Path, watcher: bool = True) -> SimpleNamespace:
     from prefect import get_client
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from ecos_core import layout
-    from ecos_core.feature_space import FEATURE_DIM
+    from ecos_core.storage import layout
+    from ecos_core.embedding.feature_space import FEATURE_DIM
     from flows.round_flow import round_flow
     from infra import services
     from tasks import catalog
@@ -111,7 +111,7 @@ def stop_services(live: SimpleNamespace) -> None:
 
 
 def enrolled(live: SimpleNamespace, clients: list[str]) -> None:
-    from ecos_core.auth import enroll
+    from ecos_core.exchange.auth import enroll
 
     for c in clients:
         if c not in live.keys:
@@ -125,10 +125,10 @@ def suspended_round(live: SimpleNamespace, deadline_s: float = 60.0, clients: li
     from prefect.input.run_input import keyset_from_paused_state
     from prefect.states import Running, Suspended
 
-    from ecos_core import layout
+    from ecos_core.storage import layout
     from ecos_core.config import RoundConfig
-    from ecos_core.feature_space import BackboneSpec
-    from ecos_core.protocol import decode_invitation
+    from ecos_core.embedding.feature_space import BackboneSpec
+    from ecos_core.exchange.protocol import decode_invitation
     from flows.round_flow import ResponsesReady
     from tasks.probe import publish_probe
 
@@ -152,8 +152,8 @@ def suspended_round(live: SimpleNamespace, deadline_s: float = 60.0, clients: li
 
 
 def signed_answer(live: SimpleNamespace, r: SimpleNamespace, client: str, value: float) -> bytes:
-    from ecos_core.auth import signed_response_bytes
-    from ecos_core.protocol import response_json_bytes
+    from ecos_core.exchange.auth import signed_response_bytes
+    from ecos_core.exchange.protocol import response_json_bytes
 
     return signed_response_bytes(response_json_bytes(r.id, client, np.full(K, value)), live.keys[client])
 
@@ -180,7 +180,8 @@ def _kind(reason: str) -> str:
 
 def one_round(live: SimpleNamespace, rng: np.random.Generator, counts: Counter) -> dict:
     """One round with random faults; raises AssertionError when the invariant breaks."""
-    from ecos_core import layout, transport
+    from ecos_core.storage import layout
+    from ecos_core.exchange import transport
     from infra import services
     from prefect import get_client
     from prefect.states import Crashed

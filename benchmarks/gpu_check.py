@@ -15,7 +15,7 @@ import torch
 import typer
 
 from ecos_core.data.builtin import load_domain
-from ecos_core.train import TrainConfig, accuracy, train_classifier
+from ecos_core.training.train import TrainConfig, accuracy, train_classifier
 
 
 def run(accelerator: str, samples: int, epochs: int) -> dict:

@@ -33,13 +33,13 @@ KNN = [{"client_labeler": "knn", "knn_k": k, "knn_sigma": s, "knn_sample_rate": 
 
 
 def sweep(grid: Path, store_url: str) -> pd.DataFrame:
-    from ecos_core.bench import BenchContext, GridSpec
-    from ecos_core.bench_spaces import client_labels
-    from ecos_core.coverage import add_noise
-    from ecos_core.privacy import gaussian_event
-    from ecos_core.private_knn import combined_epsilon
-    from ecos_core.samplers import SamplingPool, make_sampler
-    from ecos_core.store import Store
+    from ecos_core.benchmark.run import BenchContext, GridSpec
+    from ecos_core.benchmark.spaces import client_labels
+    from ecos_core.sampling.coverage import add_noise
+    from ecos_core.privacy.accounting import gaussian_event
+    from ecos_core.labeling.private_knn import combined_epsilon
+    from ecos_core.sampling.samplers import SamplingPool, make_sampler
+    from ecos_core.storage.store import Store
 
     spec = GridSpec.model_validate(json.loads(grid.read_text()))
     ctx, sigma, rows = BenchContext(spec, Store(store_url)), spec.sigmas[0], []

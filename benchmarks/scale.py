@@ -140,8 +140,8 @@ def extraction_vs_forward(work: Path, n: int, shards: int = 8) -> dict:
     preprocessed batches, in this process, same model, same batch size."""
     import torch
 
-    from ecos_core.backbone import load_backbone
-    from ecos_core.features import embed, preprocess
+    from ecos_core.embedding.backbones import load_backbone
+    from ecos_core.embedding.features import embed, preprocess
     from tasks.pool import read_pool, read_shard
 
     pool = str(work / f"pool-{n}")

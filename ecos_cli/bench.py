@@ -25,7 +25,7 @@ def _domain_sizes(text: str) -> dict[str, int]:
 
 def build_spec(config: Optional[Path], overrides: dict):
     """GridSpec from an optional JSON file, flags (non-None) override it."""
-    from ecos_core.bench import GridSpec
+    from ecos_core.benchmark.run import GridSpec
 
     base = json.loads(config.read_text()) if config else {}
     train = dict(base.get("train", {}))
@@ -46,7 +46,7 @@ def run_grid(spec, store, show_bar: bool = True, cache_dir: str | None = None): 
     the grid's key, its BenchContext)."""
     from tqdm import tqdm
 
-    from ecos_core import bench
+    from ecos_core.benchmark import run as bench
 
     ctx = bench.BenchContext(spec, store, cache_dir)
     ctx.check()  # a client domain missing from the pool fails here, before anything is written
@@ -117,10 +117,10 @@ def quality(
 
     import pandas as pd
 
-    from ecos_core import bench
-    from ecos_core.bench_report import all_plots, costs_markdown, proxy_mix_markdown, table4_markdown
+    from ecos_core.benchmark import run as bench
+    from ecos_core.benchmark.report import all_plots, costs_markdown, proxy_mix_markdown, table4_markdown
     from ecos_core.settings import Settings
-    from ecos_core.store import Store
+    from ecos_core.storage.store import Store
 
     settings = Settings()
     url = store or settings.store

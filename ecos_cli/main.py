@@ -78,7 +78,7 @@ def _open_store(store: Optional[str], check: bool = False):  # noqa: ANN202
     """The store, without the pipeline's heavy imports; check=True fails at once, in one
     line, when it cannot be written (before Prefect and the data load start)."""
     from ecos_core.settings import Settings
-    from ecos_core.store import Store
+    from ecos_core.storage.store import Store
 
     url = _store_url(store)
     opened = Store(url, Settings().storage_options(url))
@@ -118,7 +118,7 @@ def run(
                                  **backbone_overrides(backbone, model_url, model_sha256, feature_dim, feature_space)})  # fmt: skip
     opened = _open_store(store, check=True)  # before the heavy imports: a bad store fails at once
     from ecos_cli.interrupt import stop_cleanly
-    from ecos_core import layout
+    from ecos_core.storage import layout
     from ecos_core.settings import Settings
     from flows.round_flow import new_round_id, round_flow
 
@@ -195,11 +195,11 @@ def client_respond(
     """Answer one round: verify the probe, compute the noisy coverage scores on local data,
     sign and upload them. Only K noisy scalars and the ids leave the device; it needs no
     storage credentials (the invitation's URLs are pre-signed) and no Prefect."""
-    from ecos_core import transport
-    from ecos_core.auth import read_enrollment
-    from ecos_core.client import respond
-    from ecos_core.ledger import PrivacyLedger
-    from ecos_core.protocol import decode_invitation
+    from ecos_core.exchange import transport
+    from ecos_core.exchange.auth import read_enrollment
+    from ecos_core.exchange.client import respond
+    from ecos_core.privacy.ledger import PrivacyLedger
+    from ecos_core.exchange.protocol import decode_invitation
 
     url = invite if "://" in invite else "file://" + str(Path(invite).resolve())
     invitation = decode_invitation(transport.fetch(url, 1 << 16), invite)
@@ -244,7 +244,7 @@ def clients_invitation(
     """Fetch a client's invitation (pre-signed URLs, probe MAC) from the store, for delivery."""
     import time
 
-    from ecos_core import layout
+    from ecos_core.storage import layout
 
     st, key, end = _open_store(store), layout.invitation(round_id, client_id), time.monotonic() + wait
     while not st.exists(key):
@@ -265,7 +265,7 @@ def clients_enroll(
     store: Optional[str] = StoreOpt,
 ) -> None:
     """Register a client: its key goes to the cloud registry and to the device's file (mode 600)."""
-    from ecos_core.auth import enroll, save_enrollment
+    from ecos_core.exchange.auth import enroll, save_enrollment
 
     save_enrollment(enroll(_open_store(store), client_id, budget, rotate), out)
     typer.echo(f"enrolled {client_id} (ε budget {budget}); device file: {out}")
@@ -274,7 +274,7 @@ def clients_enroll(
 @clients_app.command("list")
 def clients_list(store: Optional[str] = StoreOpt) -> None:
     """The enrolled clients."""
-    from ecos_core.auth import enrolled_clients
+    from ecos_core.exchange.auth import enrolled_clients
 
     for client_id in enrolled_clients(_open_store(store)):
         typer.echo(client_id)
@@ -288,7 +288,7 @@ def privacy_epsilon(
     accountant: str = typer.Option("pld", help="pld or rdp."),
 ) -> None:
     """ε of the noisy coverage scores at δ, composed over rounds."""
-    from ecos_core.privacy import gaussian_epsilon
+    from ecos_core.privacy.accounting import gaussian_epsilon
 
     typer.echo(f"{gaussian_epsilon(sigma, delta, rounds, accountant=accountant):.4f}")
 
@@ -300,7 +300,7 @@ def privacy_sigma(
     rounds: int = typer.Option(1, help="Responses composed."),
 ) -> None:
     """The smallest σ whose ε (PLD) is at most the target."""
-    from ecos_core.privacy import sigma_for_epsilon
+    from ecos_core.privacy.accounting import sigma_for_epsilon
 
     if not epsilon > 0:
         raise ValueError(f"--epsilon must be > 0 (got {epsilon}): no finite noise gives ε = 0")

@@ -1,6 +1,8 @@
 """ECOS core library: pure functions and small classes, arrays in, arrays out.
 
-Never imports Prefect: the edge client uses only this package, numpy and torch.
+Never imports Prefect: the edge client uses only this package, numpy and torch. One
+subpackage per concept: data, pool, embedding, sampling, exchange, privacy, labeling,
+training, storage, benchmark (the README's Layout says what each holds).
 """
 
 import os

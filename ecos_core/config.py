@@ -7,8 +7,8 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from ecos_core.data.domains import BUILTIN_DOMAINS, DISTRACTOR_DOMAINS
-from ecos_core.feature_space import BACKBONES, DEFAULT_BACKBONE, SHA256_PATTERN, USER_MODEL, Preprocessing, unknown_backbone
-from ecos_core.samplers import SAMPLERS
+from ecos_core.embedding.feature_space import BACKBONES, DEFAULT_BACKBONE, SHA256_PATTERN, USER_MODEL, Preprocessing, unknown_backbone
+from ecos_core.sampling.samplers import SAMPLERS
 
 
 # The default pool is "large and heterogeneous" the way open-source pools are: two
@@ -107,7 +107,7 @@ class IndexConfig(BaseModel):
     coverage: Literal["ball", "nearest"] = "ball"
     # "combined": the backbone's features beside a small CNN the cloud trains on adapted_size
     # annotated pool images (annotators answer "none" for off_task_domains) and ships in the
-    # probe (ecos_core.adapted_space; docs/benchmarks.md measures what it wins); "backbone": alone
+    # probe (ecos_core.embedding.adapted_space; docs/benchmarks.md measures what it wins); "backbone": alone
     feature_space: Literal["backbone", "combined"] = "combined"
     adapted_size: int = Field(3000, ge=50)
     adapted_width: int = Field(16, ge=4, le=256)
@@ -152,7 +152,7 @@ class SamplingConfig(BaseModel):
     # "stop": leave budget unspent rather than sample clusters the client does not cover
     exhausted: Literal["fill", "stop"] = "stop"
     floor_sigmas: float = Field(1.0, ge=0)  # "stop" goes past the kept clusters only down to this score
-    # the cluster hierarchy (ecos_core.hierarchy): the K clusters are also read in nested groups
+    # the cluster hierarchy (ecos_core.sampling.hierarchy): the K clusters are also read in nested groups
     # of about this many neighbours (finest first), a group is kept when its summed score reaches
     # group_sigmas·σ·√members; free in ε (post-processing of the same scores); () turns it off
     group_sizes: tuple[float, ...] = (10.0, 20.0, 30.0)

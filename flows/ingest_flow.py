@@ -10,7 +10,7 @@ from typing import Literal
 
 from prefect import flow, get_run_logger
 
-from ecos_core.content import content_key
+from ecos_core.storage.content import content_key
 from ecos_core.pool import layout
 from ecos_core.pool.ingest import MAX_PIXELS, IngestError, chunk_bounds
 from ecos_core.pool.sources import ROW_COLUMNS, source_rows

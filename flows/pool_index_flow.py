@@ -11,10 +11,10 @@ import time
 
 from prefect import flow, get_run_logger, unmapped
 
-from ecos_core import layout
+from ecos_core.storage import layout
 from ecos_core.config import IndexConfig, TrainConfig
-from ecos_core.content import content_key
-from ecos_core.index import sample_rows, train_centroids
+from ecos_core.storage.content import content_key
+from ecos_core.sampling.index import sample_rows, train_centroids
 from tasks import catalog
 from tasks.adapted import adapt_shard, adapted_space
 from tasks.features import backbone_spec

@@ -34,9 +34,9 @@ from prefect.client.schemas.objects import FlowRun, StateType
 from prefect.flow_runs import resume_flow_run
 from prefect.states import Failed, Scheduled
 
-from ecos_core import layout
+from ecos_core.storage import layout
 from ecos_core.config import RoundConfig
-from ecos_core.protocol import ProtocolError, decode_probe
+from ecos_core.exchange.protocol import ProtocolError, decode_probe
 from ecos_core.settings import Settings
 from flows.round_flow import round_id_of_run
 from tasks import catalog

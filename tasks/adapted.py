@@ -11,9 +11,9 @@ import hashlib
 import numpy as np
 from prefect import get_run_logger, task
 
-from ecos_core import layout
+from ecos_core.storage import layout
 from ecos_core.config import DataConfig, IndexConfig, TrainConfig
-from ecos_core.content import content_key
+from ecos_core.storage.content import content_key
 from ecos_core.types import ImageSet
 from tasks import catalog
 from tasks.common import STORAGE_RETRIES
@@ -25,7 +25,7 @@ _TRAIN_KEYED = {"max_epochs", "max_steps", "batch_size", "lr", "weight_decay", "
 def _annotated(store_url: str, pool_url: str | None, data: DataConfig | None, index: IndexConfig, seed: int):  # noqa: ANN202
     """(ids, labels, domains, rows, what the rows' pixels are, their images) of what the
     annotators label. Pixels: a built-in image is its id; an ingested one, its shard's hash."""
-    from ecos_core.adapted_space import annotated_rows
+    from ecos_core.embedding.adapted_space import annotated_rows
 
     if pool_url is None:
         pool = catalog.split(data or DataConfig(), seed)[2]
@@ -44,7 +44,7 @@ def adapted_space(store_url: str, pool_url: str | None, data: DataConfig | None,
                   train: TrainConfig, seed: int) -> dict:  # fmt: skip
     """The pool's adapted space (the built-in pool of `data`, or the ingested pool at
     pool_url), trained now or found in the store; its ref."""
-    from ecos_core.adapted_space import annotated_set, train_adapted_space
+    from ecos_core.embedding.adapted_space import annotated_set, train_adapted_space
 
     store = catalog.store(store_url)
     # on whatever this process has (the round's training may be routed to a GPU pool; this is not)
@@ -66,7 +66,7 @@ def adapted_space(store_url: str, pool_url: str | None, data: DataConfig | None,
 
 @functools.lru_cache(maxsize=4)
 def _load(store_url: str, key: str, sha256: str):  # noqa: ANN202
-    from ecos_core.adapted_space import AdaptedSpace
+    from ecos_core.embedding.adapted_space import AdaptedSpace
 
     return AdaptedSpace.from_bytes(catalog.store(store_url).read_bytes(layout.adapted_space(key)), sha256)
 
@@ -79,7 +79,7 @@ def load_adapted(store_url: str, ref: dict | None):  # noqa: ANN201 - AdaptedSpa
 def combine(store_url: str, backbone_path: str, ref: dict, images: np.ndarray) -> str:
     """Store the combined features of `images` (their backbone features are at
     backbone_path); the content key they are stored under (found again, not recomputed)."""
-    from ecos_core.adapted_space import combined
+    from ecos_core.embedding.adapted_space import combined
 
     store = catalog.store(store_url)
     key = content_key("combined-v1", backbone_path, ref["sha256"])
@@ -111,8 +111,8 @@ def adapt_shard(store_url: str, pool_url: str, sha256: str, backbone_path: str, 
 def images_in_space(store_url: str, images: ImageSet, index: IndexConfig, ref: dict | None) -> np.ndarray:
     """Features of images the cloud holds outside its caches (a simulated client's own
     dataset, for the Oracle), in the round's space: as a device would compute them."""
-    from ecos_core.adapted_space import space_features
-    from ecos_core.backbones import load_backbone
+    from ecos_core.embedding.adapted_space import space_features
+    from ecos_core.embedding.backbones import load_backbone
     from tasks.features import backbone_spec
 
     model, _ = load_backbone(spec := backbone_spec(index))

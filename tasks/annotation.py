@@ -12,8 +12,8 @@ import posixpath
 
 import numpy as np
 
-from ecos_core import layout
-from ecos_core.annotation import export_for_annotation, import_labels, render_images
+from ecos_core.storage import layout
+from ecos_core.labeling.annotation import export_for_annotation, import_labels, render_images
 from ecos_core.config import RoundConfig
 from ecos_core.types import ImageSet
 from tasks import catalog

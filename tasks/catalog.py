@@ -16,7 +16,7 @@ from ecos_core.settings import Settings
 from ecos_core.data.builtin import load_domain
 from ecos_core.data.split import split_client_pool
 from ecos_core.data.user import load_dataset
-from ecos_core.store import Store
+from ecos_core.storage.store import Store
 from ecos_core.types import ImageSet
 
 

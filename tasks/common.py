@@ -8,7 +8,7 @@ from typing import Callable
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.client.schemas.objects import State, TaskRun
 
-from ecos_core.store import StoreError
+from ecos_core.storage.store import StoreError
 
 RETRYABLE = (StoreError, ConnectionError, TimeoutError)
 USER_ERRORS = (ValueError, FileNotFoundError, KeyError)  # bad input: the message says it all

@@ -8,10 +8,10 @@ import time
 import numpy as np
 from prefect import get_run_logger, task
 
-from ecos_core import layout
-from ecos_core.feature_space import BackboneSpec
+from ecos_core.storage import layout
+from ecos_core.embedding.feature_space import BackboneSpec
 from ecos_core.config import DataConfig, IndexConfig
-from ecos_core.content import content_key
+from ecos_core.storage.content import content_key
 from tasks import catalog
 from tasks.common import STORAGE_RETRIES, progress_artifact
 
@@ -20,7 +20,7 @@ def backbone_spec(index: IndexConfig) -> BackboneSpec:
     """The feature space of this deployment: the chosen backbone, its weights (hash-checked;
     a user's model fetched, hashed and its output checked) + preprocessing. Its JSON is part
     of every feature key, hence of every index key: two backbones never share a cache entry."""
-    from ecos_core.backbones import resolve_spec  # here: torch only when features are computed
+    from ecos_core.embedding.backbones import resolve_spec  # here: torch only when features are computed
 
     return resolve_spec(index.backbone, index.preprocessing, index.model_url, index.model_sha256, index.feature_dim)
 
@@ -31,8 +31,8 @@ def extract_features(store_url: str, data: DataConfig, index: IndexConfig, seed:
     log = get_run_logger()
     store = catalog.store(store_url)
     spec = backbone_spec(index)
-    from ecos_core.backbones import load_backbone
-    from ecos_core.features import embed
+    from ecos_core.embedding.backbones import load_backbone
+    from ecos_core.embedding.features import embed
 
     model, _ = load_backbone(spec)
     keys, hits, start = {}, [], time.perf_counter()

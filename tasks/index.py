@@ -9,10 +9,10 @@ import numpy as np
 
 from prefect import get_run_logger, task
 
-from ecos_core import layout
+from ecos_core.storage import layout
 from ecos_core.config import DataConfig, IndexConfig
-from ecos_core.content import content_key
-from ecos_core.index import PoolIndex, build_index
+from ecos_core.storage.content import content_key
+from ecos_core.sampling.index import PoolIndex, build_index
 from tasks import catalog
 from tasks.common import STORAGE_RETRIES
 from tasks.features import features_of

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 from prefect import task
 
-from ecos_core.content import content_key
+from ecos_core.storage.content import content_key
 from ecos_core.pool import layout, reader
 from ecos_core.pool.catalog import PoolCatalog
 from ecos_core.pool.ingest import OnError, decode_chunk

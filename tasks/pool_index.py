@@ -13,10 +13,10 @@ import numpy as np
 import pandas as pd
 from prefect import task
 
-from ecos_core import layout
-from ecos_core.feature_space import BackboneSpec
-from ecos_core.content import content_key
-from ecos_core.index import l2_normalize, nearest_with_distance, radii_of
+from ecos_core.storage import layout
+from ecos_core.embedding.feature_space import BackboneSpec
+from ecos_core.storage.content import content_key
+from ecos_core.sampling.index import l2_normalize, nearest_with_distance, radii_of
 from ecos_core.pool.catalog import PoolCatalog
 from tasks import catalog
 from tasks.common import STORAGE_RETRIES
@@ -39,8 +39,8 @@ def embed_shard(store_url: str, pool_url: str, sha256: str, spec: BackboneSpec, 
     device "auto": this worker's GPU when it has one."""
     import torch
 
-    from ecos_core.backbones import load_backbone  # here: the driver never needs torch
-    from ecos_core.features import embed
+    from ecos_core.embedding.backbones import load_backbone  # here: the driver never needs torch
+    from ecos_core.embedding.features import embed
 
     device = "cuda" if device == "auto" and torch.cuda.is_available() else "cpu"
     store = catalog.store(store_url)

@@ -7,9 +7,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from ecos_core import layout
+from ecos_core.storage import layout
 from ecos_core.config import RoundConfig
-from ecos_core.samplers import ECOSSampler, KCenterSampler, RandomSampler, SamplingPool
+from ecos_core.sampling.samplers import ECOSSampler, KCenterSampler, RandomSampler, SamplingPool
 from tasks import catalog
 from tasks.pool_index import features_at, read_members
 

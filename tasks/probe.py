@@ -8,10 +8,10 @@ from datetime import datetime, timedelta, timezone
 
 from prefect import get_run_logger, task
 
-from ecos_core import layout
-from ecos_core.auth import load_enrollment, probe_mac
-from ecos_core.feature_space import BackboneSpec
-from ecos_core.protocol import Invitation, check_adapted, decode_probe, encode_probe
+from ecos_core.storage import layout
+from ecos_core.exchange.auth import load_enrollment, probe_mac
+from ecos_core.embedding.feature_space import BackboneSpec
+from ecos_core.exchange.protocol import Invitation, check_adapted, decode_probe, encode_probe
 from tasks import catalog
 from tasks.common import STORAGE_RETRIES
 from tasks.index import load_centroids

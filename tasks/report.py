@@ -10,7 +10,7 @@ import pandas as pd
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from ecos_core import layout
+from ecos_core.storage import layout
 from ecos_core.config import RoundConfig
 from ecos_core.data.builtin import DISTRACTOR_DOMAINS
 from ecos_core.report import METHODS, domain_mix, markdown_table, results_plot, summary
@@ -26,7 +26,7 @@ COST_COLUMNS = ["client_id", "method", "unspent", "bytes_down", "bytes_up", "sel
 
 def results_frame(cfg: RoundConfig, runs: list[dict], selections: list[dict], probe: dict, responses: dict) -> pd.DataFrame:
     """One row per (client, method), with the privacy and communication cost of each."""
-    from ecos_core.privacy import gaussian_epsilon  # here: dp-accounting (scipy) only when a report is written
+    from ecos_core.privacy.accounting import gaussian_epsilon  # here: dp-accounting (scipy) only when a report is written
 
     eps = gaussian_epsilon(cfg.sigma, cfg.delta)
     select_s = {(s["client_id"], s["method"]): s["seconds"] for s in selections}
@@ -102,7 +102,7 @@ def warn_if_no_watcher(store_url: str, round_id: str, timeout_s: int) -> str | N
 
 def device_epsilons(cfg: RoundConfig, device_dir: str) -> pd.DataFrame:
     """Each simulated device's cumulative ε from its own privacy ledger."""
-    from ecos_core.ledger import PrivacyLedger
+    from ecos_core.privacy.ledger import PrivacyLedger
 
     rows = []
     for c in cfg.clients:
@@ -117,7 +117,7 @@ def write_report(
     responses: dict, steps: dict[str, float], domain_rows: list[dict], cache_hits: list[str], simulated: bool = True,
     device_dir: str | None = None,
 ) -> dict:  # fmt: skip
-    from ecos_core.privacy import gaussian_epsilon
+    from ecos_core.privacy.accounting import gaussian_epsilon
 
     store = catalog.store(store_url)
     results = results_frame(cfg, runs, selections, probe, responses)

@@ -8,7 +8,7 @@ from datetime import datetime, timezone
 
 from prefect import get_run_logger, task
 
-from ecos_core import layout
+from ecos_core.storage import layout
 from tasks import catalog
 from tasks.uploads import RoundTerms, accepted_answers, answered, judge_new_uploads, verdicts
 

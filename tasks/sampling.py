@@ -7,15 +7,15 @@ import time
 import numpy as np
 from prefect import task
 
-from ecos_core import layout
+from ecos_core.storage import layout
 from ecos_core.config import RoundConfig
-from ecos_core.samplers import SamplingPool, make_sampler
+from ecos_core.sampling.samplers import SamplingPool, make_sampler
 from tasks import catalog
 from tasks.common import STORAGE_RETRIES
 from tasks.features import features_of
 from tasks.pool_sampling import select_from_pool
 from tasks.index import load_index
-from ecos_core.index import l2_normalize
+from ecos_core.sampling.index import l2_normalize
 
 
 @task(name="save-round-config", **STORAGE_RETRIES)

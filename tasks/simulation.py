@@ -14,10 +14,10 @@ from pathlib import Path
 import numpy as np
 from prefect import task
 
-from ecos_core import layout
-from ecos_core.auth import enroll, enrolled_clients, save_enrollment
+from ecos_core.storage import layout
+from ecos_core.exchange.auth import enroll, enrolled_clients, save_enrollment
 from ecos_core.config import RoundConfig
-from ecos_core.coverage import coverage_counts
+from ecos_core.sampling.coverage import coverage_counts
 from ecos_core.data.npz import save_imageset
 from ecos_core.types import ImageSet
 from tasks import catalog

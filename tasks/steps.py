@@ -8,7 +8,7 @@ from __future__ import annotations
 import time
 from datetime import datetime, timezone
 
-from ecos_core import layout
+from ecos_core.storage import layout
 from tasks import catalog
 
 

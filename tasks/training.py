@@ -8,10 +8,10 @@ import io
 import numpy as np
 from prefect import task
 
-from ecos_core import layout
+from ecos_core.storage import layout
 from ecos_core.config import RoundConfig
 from ecos_core.data.split import split_client_pool
-from ecos_core.content import content_key
+from ecos_core.storage.content import content_key
 from ecos_core.types import ImageSet
 from tasks import catalog
 from tasks.pool import round_pool_images
@@ -20,7 +20,7 @@ from tasks.simulation import client_shard
 
 
 def _fit(train: ImageSet, test: ImageSet | None, cfg: RoundConfig) -> tuple[dict, dict]:
-    from ecos_core.train import accuracy, train_classifier  # here: the flow's process starts without lightning
+    from ecos_core.training.train import accuracy, train_classifier  # here: the flow's process starts without lightning
 
     result = train_classifier(train, cfg.train, cfg.seed)
     row = {"accuracy": accuracy(result.model, test) if cfg.train.evaluate else float("nan"), "epochs": result.epochs, "steps": result.steps,

@@ -22,10 +22,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-from ecos_core import layout
-from ecos_core.auth import load_enrollment, open_signed_response
-from ecos_core.protocol import MAX_RESPONSE_BYTES, ProtocolError, Response, decode_response
-from ecos_core.store import Store, StoreError, Version
+from ecos_core.storage import layout
+from ecos_core.exchange.auth import load_enrollment, open_signed_response
+from ecos_core.exchange.protocol import MAX_RESPONSE_BYTES, ProtocolError, Response, decode_response
+from ecos_core.storage.store import Store, StoreError, Version
 
 
 @dataclass(frozen=True)

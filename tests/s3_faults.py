@@ -22,9 +22,9 @@ sys.path.insert(0, str(REPO))
 
 from infra import services  # noqa: E402
 
-from ecos_core.auth import enroll, save_enrollment, signed_response_bytes  # noqa: E402
+from ecos_core.exchange.auth import enroll, save_enrollment, signed_response_bytes  # noqa: E402
 from ecos_core.config import RoundConfig  # noqa: E402
-from ecos_core.protocol import response_json_bytes  # noqa: E402
+from ecos_core.exchange.protocol import response_json_bytes  # noqa: E402
 from tasks import catalog  # noqa: E402
 
 

@@ -7,9 +7,9 @@ import io
 import numpy as np
 import pytest
 
-from ecos_core.adapted_space import AdaptedSpace, annotator_labels, combined, train_adapted_space
-from ecos_core.bench_grid import GridSpec
-from ecos_core.cluster_labels import (
+from ecos_core.embedding.adapted_space import AdaptedSpace, annotator_labels, combined, train_adapted_space
+from ecos_core.benchmark.grid import GridSpec
+from ecos_core.labeling.cluster_labels import (
     UNLABELLED,
     add_histogram_noise,
     cluster_label_event,
@@ -17,8 +17,8 @@ from ecos_core.cluster_labels import (
     group_selection,
     label_histogram,
 )
-from ecos_core.index import l2_normalize
-from ecos_core.privacy import epsilon, gaussian_epsilon
+from ecos_core.sampling.index import l2_normalize
+from ecos_core.privacy.accounting import epsilon, gaussian_epsilon
 from ecos_core.types import ImageSet
 
 rng = np.random.default_rng(0)
@@ -85,7 +85,7 @@ def test_annotators_answer_none_off_task():
 
 @pytest.fixture(scope="module")
 def space() -> AdaptedSpace:
-    from ecos_core.train import TrainConfig
+    from ecos_core.training.train import TrainConfig
 
     images = rng.integers(0, 255, size=(64, 28, 28, 3), dtype=np.uint8)
     labels = np.arange(64) % 11
@@ -121,8 +121,8 @@ def test_new_bench_options_leave_the_stored_cells_of_older_grids_valid():
 
 
 def test_feedback_moves_the_second_half_away_from_off_task_clusters():
-    from ecos_core.feedback import off_task_clusters, select_with_feedback
-    from ecos_core.samplers import ECOSSampler, SamplingPool, ScoredSampler
+    from ecos_core.labeling.feedback import off_task_clusters, select_with_feedback
+    from ecos_core.sampling.samplers import ECOSSampler, SamplingPool, ScoredSampler
 
     r = np.random.default_rng(3)
     assignments = np.repeat(np.arange(4), 50)  # clusters 0, 1 off task; 2, 3 on task

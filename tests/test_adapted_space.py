@@ -9,14 +9,14 @@ import zipfile
 import numpy as np
 import pytest
 
-from ecos_core import layout
-from ecos_core.adapted_space import AdaptedSpace, annotated_rows, annotated_set, combined
-from ecos_core.auth import enroll
-from ecos_core.client import respond
+from ecos_core.storage import layout
+from ecos_core.embedding.adapted_space import AdaptedSpace, annotated_rows, annotated_set, combined
+from ecos_core.exchange.auth import enroll
+from ecos_core.exchange.client import respond
 from ecos_core.data.split import subsample
-from ecos_core.ledger import PrivacyLedger
-from ecos_core.protocol import ProtocolError, check_adapted, decode_probe, encode_probe
-from ecos_core.store import Store
+from ecos_core.privacy.ledger import PrivacyLedger
+from ecos_core.exchange.protocol import ProtocolError, check_adapted, decode_probe, encode_probe
+from ecos_core.storage.store import Store
 from tests.conftest import make_imageset
 from tests.test_client import publish
 
@@ -25,7 +25,7 @@ from tests.test_client import publish
 def space() -> AdaptedSpace:
     import torch
 
-    from ecos_core.train import SmallCNN
+    from ecos_core.training.train import SmallCNN
 
     torch.manual_seed(0)
     return AdaptedSpace({k: v.numpy() for k, v in SmallCNN(11, 4).state_dict().items()}, 4, 11)
@@ -101,7 +101,7 @@ def test_nan_weights_and_a_changed_hash_are_refused(space):
 def test_the_probe_pins_the_space_and_its_dimension(space):
     from datetime import datetime, timezone
 
-    from ecos_core.backbone import BackboneSpec
+    from ecos_core.embedding.feature_space import BackboneSpec
 
     now, data = datetime.now(timezone.utc), space.to_bytes()
     plain = encode_probe("r1", np.zeros((3, 1280), np.float32), BackboneSpec(), 6.1, 1e-5, now)[1]
@@ -123,9 +123,9 @@ def device(tmp_path):
 
 
 def test_the_device_answers_in_the_combined_space_as_the_cloud_computes_it(device, space):
-    from ecos_core.backbones import load_backbone
-    from ecos_core.coverage import coverage_counts
-    from ecos_core.features import embed
+    from ecos_core.embedding.backbones import load_backbone
+    from ecos_core.sampling.coverage import coverage_counts
+    from ecos_core.embedding.features import embed
 
     store, enrollment, ledger = device
     invitation = publish(store, enrollment, adapted=space.to_bytes())
@@ -135,7 +135,7 @@ def test_the_device_answers_in_the_combined_space_as_the_cloud_computes_it(devic
     # what the cloud stores for the same images: backbone features (its batch size), then combined
     model, spec = load_backbone()
     cloud = combined(embed(data.images, model, spec.preprocessing, 128, show_bar=False), space.embed(data.images))
-    from ecos_core.adapted_space import space_features
+    from ecos_core.embedding.adapted_space import space_features
 
     assert np.array_equal(space_features(data.images, model, spec.preprocessing, space), cloud)
     centroids = decode_probe(store.read_bytes(layout.probe_json("r1")), store.read_bytes(layout.probe_centroids("r1")))[1]
@@ -144,8 +144,8 @@ def test_the_device_answers_in_the_combined_space_as_the_cloud_computes_it(devic
 
 @pytest.mark.parametrize("tamper", ["altered", "no_url", "too_big"])
 def test_a_bad_adapted_space_is_refused_before_any_feature_or_epsilon(device, space, tamper, monkeypatch):
-    import ecos_core.features as features
-    from ecos_core import protocol
+    import ecos_core.embedding.features as features
+    from ecos_core.exchange import protocol
 
     store, enrollment, ledger = device
     invitation = publish(store, enrollment, adapted=space.to_bytes())

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from ecos_core.annotation import LabelImportError, export_for_annotation, import_labels, render_images
-from ecos_core.semisup import FixMatch, FixMatchConfig, strong_augment, train_fixmatch
-from ecos_core.train import TrainConfig, accuracy, train_classifier
+from ecos_core.labeling.annotation import LabelImportError, export_for_annotation, import_labels, render_images
+from ecos_core.training.semisup import FixMatch, FixMatchConfig, strong_augment, train_fixmatch
+from ecos_core.training.train import TrainConfig, accuracy, train_classifier
 from tests.conftest import make_imageset
 
 IDS = np.array(["mnist/000001", "mnist/000002", "svhn/000007"])

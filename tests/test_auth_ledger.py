@@ -10,7 +10,7 @@ import uuid
 import numpy as np
 import pytest
 
-from ecos_core.auth import (
+from ecos_core.exchange.auth import (
     Enrollment,
     UnknownClient,
     enroll,
@@ -26,10 +26,10 @@ from ecos_core.auth import (
     signed_response_bytes,
     verify,
 )
-from ecos_core.ledger import DuplicateRound, PrivacyBudgetExceeded, PrivacyLedger, composed_epsilon
-from ecos_core.privacy import gaussian_epsilon
-from ecos_core.protocol import MAX_RESPONSE_BYTES, ProtocolError, Response, decode_response, response_json_bytes
-from ecos_core.store import Store
+from ecos_core.privacy.ledger import DuplicateRound, PrivacyBudgetExceeded, PrivacyLedger, composed_epsilon
+from ecos_core.privacy.accounting import gaussian_epsilon
+from ecos_core.exchange.protocol import MAX_RESPONSE_BYTES, ProtocolError, Response, decode_response, response_json_bytes
+from ecos_core.storage.store import Store
 
 A, B = new_enrollment("client-a"), new_enrollment("client-b")
 KEYS = {A.client_id: A.key_b64, B.client_id: B.key_b64}

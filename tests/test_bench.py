@@ -12,10 +12,10 @@ import pytest
 from typer.testing import CliRunner
 
 from ecos_cli.main import app
-from ecos_core import bench
-from ecos_core.bench import GridSpec, cell_key, grid_cells, grid_key
-from ecos_core.hierarchy import ESTIMATOR
-from ecos_core.bench_report import all_plots, table4_frame, table4_markdown
+from ecos_core.benchmark import run as bench
+from ecos_core.benchmark.run import GridSpec, cell_key, grid_cells, grid_key
+from ecos_core.sampling.hierarchy import ESTIMATOR
+from ecos_core.benchmark.report import all_plots, table4_frame, table4_markdown
 
 runner = CliRunner()
 PNG = b"\x89PNG\r\n\x1a\n"

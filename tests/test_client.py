@@ -8,15 +8,15 @@ from datetime import datetime, timedelta, timezone
 import numpy as np
 import pytest
 
-from ecos_core import layout
-from ecos_core.auth import enroll, open_signed_response, probe_mac, save_enrollment
-from ecos_core.backbone import BackboneSpec
-from ecos_core.client import respond
+from ecos_core.storage import layout
+from ecos_core.exchange.auth import enroll, open_signed_response, probe_mac, save_enrollment
+from ecos_core.embedding.feature_space import BackboneSpec
+from ecos_core.exchange.client import respond
 from ecos_core.data.npz import save_imageset
-from ecos_core.ledger import DuplicateRound, PrivacyBudgetExceeded, PrivacyLedger
-from ecos_core.protocol import Invitation, ProtocolError, decode_response, encode_probe
-from ecos_core.store import Store
-from ecos_core.transport import TransportError
+from ecos_core.privacy.ledger import DuplicateRound, PrivacyBudgetExceeded, PrivacyLedger
+from ecos_core.exchange.protocol import Invitation, ProtocolError, decode_response, encode_probe
+from ecos_core.storage.store import Store
+from ecos_core.exchange.transport import TransportError
 from tests.conftest import make_imageset
 
 K = 8
@@ -128,8 +128,8 @@ def _no_features(*_a, **_k):
 
 
 def test_probe_naming_a_backbone_this_device_lacks_is_refused_before_any_feature_or_epsilon(setup, tmp_path, monkeypatch):
-    import ecos_core.backbones.common as common
-    import ecos_core.features as features
+    import ecos_core.embedding.backbones.common as common
+    import ecos_core.embedding.features as features
 
     store, enrollment, ledger = setup
     monkeypatch.setattr(features, "embed", _no_features)
@@ -147,7 +147,7 @@ def test_probe_naming_a_backbone_this_device_lacks_is_refused_before_any_feature
 
 
 def test_probe_naming_an_unknown_backbone_is_refused(setup, monkeypatch):
-    import ecos_core.features as features
+    import ecos_core.embedding.features as features
 
     store, enrollment, ledger = setup
     monkeypatch.setattr(features, "embed", _no_features)

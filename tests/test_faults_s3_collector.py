@@ -24,11 +24,12 @@ from s3_faults import (  # noqa: F401 (fixtures are found by name)
     BOUNDED_S, CLIENTS, K, SIGMA, _s3_running, quiet_tasks, reasons_by_key, s3, signed,
 )  # fmt: skip
 from infra import services
-from ecos_core import layout, transport
-from ecos_core.auth import enroll, registry_key as auth_key
-from ecos_core.backbone import FEATURE_DIM, BackboneSpec
-from ecos_core.protocol import decode_invitation, decode_probe
-from ecos_core.store import StoreError
+from ecos_core.storage import layout
+from ecos_core.exchange import transport
+from ecos_core.exchange.auth import enroll, registry_key as auth_key
+from ecos_core.embedding.feature_space import FEATURE_DIM, BackboneSpec
+from ecos_core.exchange.protocol import decode_invitation, decode_probe
+from ecos_core.storage.store import StoreError
 from tasks import catalog
 
 pytestmark = pytest.mark.slow

@@ -22,8 +22,8 @@ import pytest
 from s3_faults import (  # noqa: F401 (fixtures are found by name)
     CLIENTS, K, REPO, ROUND, _s3_running, devices, enrollments, inner_scores, reasons_by_key, s3, signed, store_url,
 )  # fmt: skip
-from ecos_core import layout
-from ecos_core.auth import open_signed_response
+from ecos_core.storage import layout
+from ecos_core.exchange.auth import open_signed_response
 from tasks import catalog
 
 pytestmark = pytest.mark.slow

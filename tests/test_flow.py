@@ -10,11 +10,11 @@ import re
 import pandas as pd
 import pytest
 
-from ecos_core import layout
+from ecos_core.storage import layout
 from ecos_core.config import RoundConfig
-from ecos_core.auth import enroll, signed_response_bytes
-from ecos_core.protocol import response_json_bytes
-from ecos_core.store import Store
+from ecos_core.exchange.auth import enroll, signed_response_bytes
+from ecos_core.exchange.protocol import response_json_bytes
+from ecos_core.storage.store import Store
 from tests_helpers_tiny import TINY_ROUND
 
 TINY = RoundConfig.model_validate({**TINY_ROUND, "local_baseline": True, "domain_report": True})
@@ -93,9 +93,9 @@ def test_noise_above_every_count_leaves_the_budget_unspent(first_round, store_ur
 
 
 def test_the_round_reads_the_scores_through_the_cluster_hierarchy(first_round, store_url, tmp_path, monkeypatch):
-    """sampling.group_sizes: the flow's ECOS selection goes through ecos_core.hierarchy at the
+    """sampling.group_sizes: the flow's ECOS selection goes through ecos_core.sampling.hierarchy at the
     round's σ with the index's groups; the Oracle's exact counts need no hierarchy (identity)."""
-    from ecos_core import samplers
+    from ecos_core.sampling import samplers
     from flows.round_flow import round_flow
 
     calls, real = [], samplers.grouped_estimate

@@ -1,11 +1,11 @@
-"""The cluster hierarchy (ecos_core.hierarchy) and the ECOS rule read through it."""
+"""The cluster hierarchy (ecos_core.sampling.hierarchy) and the ECOS rule read through it."""
 
 import numpy as np
 import pytest
 
-from ecos_core.hierarchy import group_labels, group_levels, group_sums, grouped_estimate, kept_groups, n_groups_for
-from ecos_core.index import build_index, l2_normalize
-from ecos_core.samplers import ECOSSampler, SamplingPool
+from ecos_core.sampling.hierarchy import group_labels, group_levels, group_sums, grouped_estimate, kept_groups, n_groups_for
+from ecos_core.sampling.index import build_index, l2_normalize
+from ecos_core.sampling.samplers import ECOSSampler, SamplingPool
 
 K = 40
 

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from ecos_core.coverage import add_noise, coverage_counts, noisy_coverage_scores
-from ecos_core.index import build_index, l2_normalize, nearest_centroid
+from ecos_core.sampling.coverage import add_noise, coverage_counts, noisy_coverage_scores
+from ecos_core.sampling.index import build_index, l2_normalize, nearest_centroid
 
 
 def blobs(n_per: int = 100, k: int = 5, d: int = 16, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -9,13 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ecos_core.backbone import load_backbone
+from ecos_core.embedding.backbones import load_backbone
 from ecos_core.config import IndexConfig, RoundConfig
-from ecos_core.features import embed
-from ecos_core.index import build_index
+from ecos_core.embedding.features import embed
+from ecos_core.sampling.index import build_index
 from ecos_core.pool import layout
 from ecos_core.pool.shards import ShardIntegrityError
-from ecos_core.samplers import ECOSSampler, KCenterSampler, SamplingPool
+from ecos_core.sampling.samplers import ECOSSampler, KCenterSampler, SamplingPool
 
 # 10 × 256 sample points ≥ the pool: KMeans sees every point; the backbone's space, which the
 # bit-identity tests below rebuild in memory (the combined space has its own test)
@@ -57,7 +57,7 @@ def in_memory(pool_url):
 
 
 def test_dask_index_is_bit_identical_to_the_single_process_path(pool_url, indexed):
-    from ecos_core import layout as store_layout
+    from ecos_core.storage import layout as store_layout
     from tasks import catalog
     from tasks.pool_index import read_features, read_members, shard_features_key
 
@@ -82,8 +82,8 @@ def test_the_combined_space_on_dask_is_the_one_computed_in_memory(pool_url, inde
     """feature_space "combined": the adapted CNN is trained once on the pool's annotated rows
     ("none" for the off-task animal silhouettes), then each shard is combined on a worker;
     the index is exactly KMeans over the in-memory combined features."""
-    from ecos_core import layout as store_layout
-    from ecos_core.adapted_space import combined
+    from ecos_core.storage import layout as store_layout
+    from ecos_core.embedding.adapted_space import combined
     from ecos_core.config import TrainConfig
     from flows.pool_index_flow import pool_index_flow
     from tasks import catalog
@@ -116,7 +116,7 @@ def test_each_shard_is_embedded_on_its_workers_device_and_the_index_knows_where(
     workers report "cpu" and use the CPU key; a GPU's features get a key of their own."""
     import torch
 
-    from ecos_core import layout as store_layout
+    from ecos_core.storage import layout as store_layout
     from tasks import catalog
     from tasks.pool import read_pool
     from tasks.pool_index import shard_features_key
@@ -132,7 +132,7 @@ def test_each_shard_is_embedded_on_its_workers_device_and_the_index_knows_where(
 
 @pytest.mark.parametrize("few", [False, True])  # True: ECOS loads its clusters a few at a time
 def test_pool_selections_match_the_in_memory_samplers(pool_url, indexed, few, monkeypatch):
-    from ecos_core.index import l2_normalize
+    from ecos_core.sampling.index import l2_normalize
     from tasks import catalog
     from tasks import pool_sampling
     from tasks.pool_sampling import select_from_pool
@@ -209,7 +209,7 @@ def test_only_new_shards_are_embedded_and_a_changed_shard_is_refused(pool_url, i
 
 def test_a_round_runs_on_the_users_manifest_with_its_own_client_dataset(pool_url, tmp_path):
     """data.pool names the manifest itself: the round ingests it into the store first."""
-    from ecos_core.store import Store
+    from ecos_core.storage.store import Store
     from flows.round_flow import round_flow
     from tasks import catalog
     from tasks.pool import pool_url_of, read_pool
@@ -241,8 +241,8 @@ def test_a_round_runs_on_the_users_manifest_with_its_own_client_dataset(pool_url
 def test_the_bench_reads_an_ingested_pool_and_never_caps_a_user_domain_silently(pool_url):
     """The bench loads a pool through ecos_core.pool, as the flows do; a user domain named
     like a built-in one keeps all its images unless the user asked for a cap."""
-    from ecos_core.bench import BenchContext
-    from ecos_core.bench_grid import GridSpec
+    from ecos_core.benchmark.run import BenchContext
+    from ecos_core.benchmark.grid import GridSpec
     from tasks.pool import read_pool
 
     counts = read_pool(pool_url)[1].domain_counts()
@@ -279,7 +279,7 @@ def test_a_worker_killed_mid_index_costs_only_its_shard(pool_url, indexed, tmp_p
     import threading
     import time
 
-    from ecos_core import layout as store_layout
+    from ecos_core.storage import layout as store_layout
     from flows.pool_index_flow import pool_index_flow
     from tasks import catalog
 

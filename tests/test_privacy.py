@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-from ecos_core.privacy import gaussian_epsilon, sigma_for_epsilon
+from ecos_core.privacy.accounting import gaussian_epsilon, sigma_for_epsilon
 
 
 def test_reference_values_pld_and_rdp():

@@ -3,10 +3,10 @@ import numpy as np
 import pytest
 import torch
 
-from ecos_core.distill import DistillConfig, distill, model_size, train_teacher
-from ecos_core.privacy import gaussian_event
-from ecos_core.private_knn import combined_epsilon, knn_votes, private_knn_event, private_knn_labels
-from ecos_core.train import SmallCNN, TrainConfig, accuracy
+from ecos_core.training.distill import DistillConfig, distill, model_size, train_teacher
+from ecos_core.privacy.accounting import gaussian_event
+from ecos_core.labeling.private_knn import combined_epsilon, knn_votes, private_knn_event, private_knn_labels
+from ecos_core.training.train import SmallCNN, TrainConfig, accuracy
 from tests.conftest import make_imageset
 
 

@@ -6,8 +6,8 @@ from datetime import datetime, timedelta, timezone
 import numpy as np
 import pytest
 
-from ecos_core.backbone import BackboneSpec
-from ecos_core.protocol import (
+from ecos_core.embedding.feature_space import BackboneSpec
+from ecos_core.exchange.protocol import (
     MAX_PROBE_JSON_BYTES,
     ProtocolError,
     Response,

@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 
-from ecos_core.index import build_index, l2_normalize
-from ecos_core.kcenter import kcenter_greedy
-from ecos_core.samplers import ECOSSampler, SamplingPool, allocate_budget, make_sampler
+from ecos_core.sampling.index import build_index, l2_normalize
+from ecos_core.sampling.kcenter import kcenter_greedy
+from ecos_core.sampling.samplers import ECOSSampler, SamplingPool, allocate_budget, make_sampler
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from ecos_core.store import Store, StoreError
+from ecos_core.storage.store import Store, StoreError
 
 
 @pytest.fixture(params=["local", "memory"])

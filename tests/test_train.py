@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from ecos_core.train import TrainConfig, accuracy, train_classifier
+from ecos_core.training.train import TrainConfig, accuracy, train_classifier
 from tests.conftest import make_imageset
 
 # the toy encodes the label by bar position, so no shift augmentation here

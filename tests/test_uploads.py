@@ -9,10 +9,10 @@ from datetime import datetime, timedelta, timezone
 import numpy as np
 import pytest
 
-from ecos_core import layout
-from ecos_core.auth import enroll, signed_response_bytes
-from ecos_core.protocol import response_json_bytes
-from ecos_core.store import Store
+from ecos_core.storage import layout
+from ecos_core.exchange.auth import enroll, signed_response_bytes
+from ecos_core.exchange.protocol import response_json_bytes
+from ecos_core.storage.store import Store
 from tasks.uploads import Replaced, RoundTerms, accepted_answers, judge, judge_new_uploads
 
 K = 4
@@ -71,7 +71,7 @@ def test_a_store_error_on_one_upload_does_not_hide_the_others(setup, monkeypatch
 
     def flaky(key, max_bytes=None):
         if key == layout.response("r1", "b"):
-            raise __import__("ecos_core.store", fromlist=["StoreError"]).StoreError("store unavailable")
+            raise __import__("ecos_core.storage.store", fromlist=["StoreError"]).StoreError("store unavailable")
         return real(key, max_bytes)
 
     monkeypatch.setattr(store, "read_bytes", flaky)

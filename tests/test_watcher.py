@@ -27,8 +27,9 @@ from s3_faults import CLIENTS, K, SIGMA, _free_port, quiet_tasks, signed  # noqa
 sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[1] / "benchmarks"))
 import faults  # noqa: E402 (benchmarks/faults.py: the live services and suspended rounds)
 from infra import services
-from ecos_core import layout, transport
-from ecos_core.backbone import FEATURE_DIM
+from ecos_core.storage import layout
+from ecos_core.exchange import transport
+from ecos_core.embedding.feature_space import FEATURE_DIM
 from tasks import catalog
 
 pytestmark = pytest.mark.slow
@@ -186,7 +187,7 @@ def test_a_crashed_round_is_scheduled_again_and_a_crash_loop_is_marked_failed(li
 
 def test_the_watcher_leaves_a_heartbeat_in_the_store_and_a_round_warns_without_one(live, tmp_path):
     from flows.watcher import Watcher
-    from ecos_core.store import Store
+    from ecos_core.storage.store import Store
     from tasks.uploads import watcher_silence
 
     assert watcher_silence(Store(str(tmp_path / "fresh"))) == "no watcher has swept this store yet"

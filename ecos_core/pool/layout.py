@@ -1,4 +1,4 @@
-"""Where a pool's objects live under its URL (one function per key, as ecos_core.layout).
+"""Where a pool's objects live under its URL (one function per key, as ecos_core.storage.layout).
 
 A pool is published by writing pool.json last: a reader that finds it finds a complete
 catalog and every shard it names. Ingest progress lives under ingest/<run key>/ so a

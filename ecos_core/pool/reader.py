@@ -11,7 +11,7 @@ import numpy as np
 from ecos_core.pool import layout
 from ecos_core.pool.catalog import PoolCatalog
 from ecos_core.pool.shards import decode_shard
-from ecos_core.store import Store
+from ecos_core.storage.store import Store
 from ecos_core.types import ImageSet
 
 POOL_FORMAT = "ecos-pool-v1"

@@ -1,0 +1,1 @@
+"""The round's messages (probe, response, invitation), their signatures and transport, and the edge client."""

@@ -1,0 +1,1 @@
+"""Differential privacy: ε from dp-accounting, and the device's ledger of every release."""

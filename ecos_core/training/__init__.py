@@ -1,0 +1,1 @@
+"""Training on a proxy set: the Lightning model, semi-supervised and distillation variants."""
