@@ -108,10 +108,11 @@ class IndexConfig(BaseModel):
     # "combined": the backbone's features beside a small CNN the cloud trains on adapted_size
     # annotated pool images (annotators answer "none" for off_task_domains) and ships in the
     # probe (ecos_core.embedding.adapted_space; docs/benchmarks.md measures what it wins); "backbone": alone
-    feature_space: Literal["backbone", "combined"] = "combined"
-    adapted_size: int = Field(3000, ge=50)
-    adapted_width: int = Field(16, ge=4, le=256)
-    off_task_domains: tuple[str, ...] = DISTRACTOR_DOMAINS
+    feature_space: Literal["backbone", "combined"] = Field(
+        "combined", description="combined: the backbone beside a CNN trained on annotated pool images; backbone: alone")
+    adapted_size: int = Field(3000, ge=50, description="annotated pool images the adapted CNN trains on")
+    adapted_width: int = Field(16, ge=4, le=256, description="the adapted CNN's width (16: 99k parameters, 403 KB)")
+    off_task_domains: tuple[str, ...] = Field(DISTRACTOR_DOMAINS, description="pool domains annotators call 'none'")
 
     @field_validator("backbone")
     @classmethod
