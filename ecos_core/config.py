@@ -111,7 +111,8 @@ class IndexConfig(BaseModel):
     feature_space: Literal["backbone", "combined"] = Field(
         "combined", description="combined: the backbone beside a CNN trained on annotated pool images; backbone: alone")
     adapted_size: int = Field(3000, ge=50, description="annotated pool images the adapted CNN trains on")
-    adapted_width: int = Field(16, ge=4, le=256, description="the adapted CNN's width (16: 99k parameters, 403 KB)")
+    adapted_width: int = Field(16, ge=4, le=128, description="the adapted CNN's width (16: 99k parameters, 403 KB)")
+    adapted_steps: int = Field(900, ge=1, description="training steps of the adapted CNN (batch 64, as the benchmark's)")
     off_task_domains: tuple[str, ...] = Field(DISTRACTOR_DOMAINS, description="pool domains annotators call 'none'")
 
     @field_validator("backbone")

@@ -31,7 +31,7 @@ def index_flow(cfg: RoundConfig = RoundConfig(), store_url: str = "./ecos-store"
     features = extract_features(store_url, cfg.data, cfg.index, cfg.seed)
     if cfg.index.feature_space == "combined":
         start = time.perf_counter()
-        adapted = adapted_space(store_url, None, cfg.data, cfg.index, cfg.train, cfg.seed)
+        adapted = adapted_space(store_url, None, cfg.data, cfg.index, cfg.train.num_classes, cfg.seed)
         keys = combine_domain_features(store_url, features["keys"], cfg.data, cfg.seed, adapted)
         features.update(keys=keys, adapted=adapted, seconds=features["seconds"] + time.perf_counter() - start)
     index = build_pool_index(store_url, features["keys"], cfg.data, cfg.index, cfg.seed)
@@ -42,7 +42,8 @@ def _index_ingested_pool(cfg: RoundConfig, store_url: str) -> dict:
     pool_url = pool_url_of(cfg.data.pool, store_url)
     if pool_url != cfg.data.pool:  # a manifest or a folder: ingest what the store's copy lacks
         ingest_flow(cfg.data.pool, pool_url, dask_address=cfg.dask.address, workers=cfg.dask.workers)
-    out = pool_index_flow(pool_url, store_url, cfg.index, cfg.seed, cfg.dask.address, cfg.dask.workers, cfg.train)
+    out = pool_index_flow(pool_url, store_url, cfg.index, cfg.seed, cfg.dask.address, cfg.dask.workers,
+                          cfg.train.num_classes)
     features = out["features"]
     hits = features["shards"] - features["embedded_now"]
     features.update(keys={}, cache_hits=[f"{hits} of {features['shards']} pool shards"] if hits else [])

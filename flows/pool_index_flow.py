@@ -12,11 +12,11 @@ import time
 from prefect import flow, get_run_logger, unmapped
 
 from ecos_core.storage import layout
-from ecos_core.config import IndexConfig, TrainConfig
+from ecos_core.config import IndexConfig
 from ecos_core.storage.content import content_key
 from ecos_core.sampling.index import sample_rows, train_centroids
 from tasks import catalog
-from tasks.adapted import adapt_shard, adapted_space
+from tasks.adapted import adapt_shard, adapted_space, check_pool_for_adapted
 from tasks.features import backbone_spec
 from tasks.pool import require_pool
 from tasks.pool_index import assign_shard, embed_shard, sample_features, save_pool_index
@@ -25,11 +25,13 @@ from tasks.store import check_store
 
 
 @flow(name="ecos-pool-index-shards")
-def _index_shards(pool_url: str, store_url: str, index: IndexConfig, seed: int, threads: int, train: TrainConfig) -> dict:
+def _index_shards(pool_url: str, store_url: str, index: IndexConfig, seed: int, threads: int, classes: int) -> dict:
     log = get_run_logger()
     _, pool = require_pool(pool_url)
     shards, sizes = pool.shards(), list(pool.shard_sizes().values())
     spec = backbone_spec(index)
+    if index.feature_space == "combined":  # a pool it cannot train on fails now, not after every shard
+        check_pool_for_adapted(pool_url, index, classes)
     start = time.perf_counter()
     embedded = [f.result() for f in embed_shard.map(store_url, pool_url, shards, unmapped(spec), index.batch_size, threads,
                                                     index.device)]  # fmt: skip
@@ -38,7 +40,7 @@ def _index_shards(pool_url: str, store_url: str, index: IndexConfig, seed: int, 
              len(shards) - len(computed))  # fmt: skip
     keys, adapted = [e["key"] for e in embedded], None
     if index.feature_space == "combined":  # the adapted CNN, trained on annotated pool images, then per shard
-        adapted = adapted_space(store_url, pool_url, None, index, train, seed)
+        adapted = adapted_space(store_url, pool_url, None, index, classes, seed)
         keys = [f.result() for f in adapt_shard.map(store_url, pool_url, shards, keys, unmapped(adapted), threads)]
     features_s = time.perf_counter() - start
     # the catalog's ids and domains too: members.parquet names them, and the same pixels
@@ -71,11 +73,11 @@ def pool_index_flow(
     seed: int = 0,
     dask_address: str | None = None,
     workers: int | None = None,
-    train: TrainConfig = TrainConfig(),
+    classes: int = 10,
 ) -> dict:
     """dask_address: an existing cluster (tcp://host:8786); else a local one of `workers` processes.
-    train: how the combined feature space's adapted CNN is trained (the round's settings)."""
+    classes: the annotators' classes (train.num_classes), for the combined space's CNN."""
     check_store(store_url)
     runner = dask_runner(dask_address, workers)
     threads = torch_threads(workers) if dask_address is None else 0
-    return _index_shards.with_options(task_runner=runner)(pool_url, store_url, index, seed, threads, train)
+    return _index_shards.with_options(task_runner=runner)(pool_url, store_url, index, seed, threads, classes)

@@ -22,7 +22,7 @@ from ecos_core.config import RoundConfig
 from ecos_core.settings import Settings
 from flows.train_flow import train_flow, train_on_deployment
 from flows.index_flow import index_flow
-from tasks.probe import publish_probe
+from tasks.probe import publish_probe, published_index
 from tasks.report import warn_if_no_watcher, write_answers, write_report
 from tasks.responses import collect_responses
 from tasks.sampling import save_round_config, select_proxy_set
@@ -91,6 +91,7 @@ def round_flow(
     adapted = indexed["features"].get("adapted")  # the combined feature space's CNN, shipped in the probe
     probe = publish_probe(store_url, round_id, index_key, indexed["features"]["backbone"], cfg.sigma, cfg.delta,
                           cfg.deadline_s, list(cfg.clients), cfg.index.coverage, adapted)  # fmt: skip
+    index_key, adapted = published_index(round_id, probe, index_key, bool(cfg.data.pool))
     if simulate_clients:
         launch_simulated_clients(store_url, cfg, round_id, device_dir)
     steps.lap("probe")

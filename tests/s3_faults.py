@@ -35,7 +35,7 @@ ROUND = RoundConfig.model_validate(
     {
         "data": {"domain_sizes": {"mnist": 200, "mnistm": 200, "synth": 200, "animal": 200}, "n_client_train": 80,
                  "n_client_test": 80},
-        "index": {"k": K, "niter": 10, "nredo": 1, "batch_size": 128},
+        "index": {"k": K, "niter": 10, "nredo": 1, "batch_size": 128, "adapted_steps": 10},
         "sampling": {"budget": 60, "samplers": ("ecos", "random")},
         "train": {"max_epochs": 2, "max_steps": 10, "batch_size": 32},
         "clients": ("client-0", "client-1"),

@@ -47,7 +47,7 @@ def test_annotated_rows_are_the_benchmarks_sample_on_a_labelled_pool_and_skip_un
 
 def test_too_few_or_out_of_range_annotations_are_refused_in_one_line():
     pool = make_imageset(60)
-    with pytest.raises(ValueError, match=r"needs at least 50 annotated images of pool.parquet .* use feature_space 'backbone'"):
+    with pytest.raises(ValueError, match=r"needs at least 50 annotated images of pool.parquet .* use --feature-space backbone"):
         annotated_set(pool.images[:10], pool.labels[:10], pool.domains[:10], pool.ids[:10], (), 10, "pool.parquet")
     bad = pool.labels.copy()
     bad[7] = 12
@@ -170,22 +170,45 @@ def test_an_archive_whose_members_hide_a_pickle_is_refused(space):
         AdaptedSpace.from_bytes(buf.getvalue())
 
 
-def test_the_space_trains_on_the_index_process_even_when_training_is_routed_to_a_gpu_pool(tmp_path, one_torch_thread):
+def test_the_space_is_keyed_by_its_own_training_not_the_rounds(tmp_path, one_torch_thread):
     """The GPU-training deployment sets train.accelerator="gpu" for the proxy-set models; the
-    adapted space is trained where the index runs (a CPU worker here), and keyed without it."""
+    adapted space is trained where the index runs, on its own settings (index.adapted_steps),
+    so every round on the pool shares it whatever its cfg.train; its steps are in its key."""
     from prefect import flow
 
-    from ecos_core.config import DataConfig, IndexConfig, TrainConfig
-    from tasks.adapted import adapted_space
+    from ecos_core.config import DataConfig, IndexConfig
+    from tasks.adapted import adapted_space, adapted_training
     from tests_helpers_tiny import TINY_ROUND
 
-    data, index = DataConfig.model_validate(TINY_ROUND["data"]), IndexConfig(adapted_size=120)
-    fit = {"max_steps": 3, "batch_size": 16}
+    data, index = DataConfig.model_validate(TINY_ROUND["data"]), IndexConfig(adapted_size=120, adapted_steps=3)
+    assert adapted_training(index, 10).accelerator == "auto" and adapted_training(index, 10).max_steps == 3
 
     @flow
-    def train(accelerator: str) -> dict:
-        return adapted_space(str(tmp_path), None, data, index, TrainConfig(accelerator=accelerator, **fit), 0)
+    def train(index: IndexConfig) -> dict:
+        return adapted_space(str(tmp_path), None, data, index, 10, 0)
 
-    gpu = train("gpu")
-    assert gpu["bytes"] > 0 and train("cpu") == gpu  # the same space: found in the store, not retrained
-    assert Store(str(tmp_path)).exists(layout.adapted_space(gpu["key"]))
+    first = train(index)
+    assert first["bytes"] > 0 and Store(str(tmp_path)).exists(layout.adapted_space(first["key"]))
+    assert train(index) == first  # found in the store, not retrained
+    assert train(index.model_copy(update={"adapted_steps": 4}))["key"] != first["key"]
+
+
+def test_a_pool_the_space_cannot_train_on_is_refused_before_any_shard_is_embedded(tmp_path):
+    import pandas as pd
+
+    from ecos_core.config import IndexConfig
+    from ecos_core.pool.sources import source_rows
+    from flows.ingest_flow import ingest_flow
+    from flows.pool_index_flow import pool_index_flow
+
+    rows = source_rows("builtin:mnist:80")[["id", "uri", "label", "domain"]]
+    rows.assign(label=["" if i >= 30 else v for i, v in enumerate(rows["label"])]).to_csv(tmp_path / "m.csv", index=False)
+    ingest_flow(str(tmp_path / "m.csv"), str(tmp_path / "pool"), shard_size=64, workers=1)
+    with pytest.raises(ValueError, match=r"needs at least 50 annotated images of .*pool.*; it has 30\. Label more, or use "
+                                         r"--feature-space backbone"):
+        pool_index_flow(str(tmp_path / "pool"), str(tmp_path / "store"), IndexConfig(k=4), workers=1)
+    ingest_flow(str(tmp_path / "m.csv"), str(tmp_path / "pool32"), shard_size=64, image_size=32, workers=1)
+    with pytest.raises(ValueError, match=r"images are 32 px; .* takes 28 px \(ingest with --image-size 28, or use "):
+        pool_index_flow(str(tmp_path / "pool32"), str(tmp_path / "store"), IndexConfig(k=4), workers=1)
+    assert pd.read_csv(tmp_path / "m.csv")["label"].notna().sum() == 30
+    assert not (tmp_path / "store" / "features").exists()  # refused before any shard was embedded

@@ -232,3 +232,33 @@ def test_the_backbone_feature_space_never_reuses_the_combined_index(first_round,
     assert set(both["features"]["keys"].values()).isdisjoint(plain["features"]["keys"].values())
     assert both["index"]["key"] != plain["index"]["key"]
     assert both["features"]["adapted"] == index_flow(TINY, store_url)["features"]["adapted"]  # trained once, found after
+
+
+def test_a_rerun_keeps_the_published_index_and_writes_invitations_a_crash_left_out(first_round, store_url):
+    """A re-run of a round (after a suspend or a crash) samples with the index its probe was
+    made from: an ingested pool that grew since keeps it, a changed built-in config is refused;
+    invitations an interrupted publish never wrote are written with the same deadline and MAC."""
+    from prefect import flow
+
+    from ecos_core.exchange.auth import load_enrollment, verify
+    from tasks.probe import publish_probe, published_index
+
+    store = Store(store_url)
+    source = store.read_json(layout.probe_source("t-round-1"))
+    before = store.read_bytes(layout.invitation("t-round-1", "client-0"))
+    store.delete(layout.invitation("t-round-1", "client-0"))
+
+    @flow
+    def republish() -> dict:
+        return publish_probe(store_url, "t-round-1", "another-index", {}, TINY.sigma, TINY.delta, 60.0, ["client-0"],
+                             TINY.index.coverage, None)  # fmt: skip
+
+    again = republish()
+    assert (again["index_key"], again["adapted"]) == (source["index_key"], source["adapted"])
+    after = json.loads(store.read_bytes(layout.invitation("t-round-1", "client-0")))
+    mac = after.pop("probe_hmac_sha256")  # under the client's current key (later tests here rotate it)
+    assert {k: v for k, v in json.loads(before).items() if k != "probe_hmac_sha256"} == after
+    assert verify(load_enrollment(store, "client-0").key_b64, store.read_bytes(layout.probe_json("t-round-1")), mac)
+    assert published_index("t-round-1", again, "grown-pool-index", True) == (source["index_key"], source["adapted"])
+    with pytest.raises(ValueError, match=r"this run built another-index \(the config changed since\); start a new round id"):
+        published_index("t-round-1", again, "another-index", False)

@@ -84,7 +84,6 @@ def test_the_combined_space_on_dask_is_the_one_computed_in_memory(pool_url, inde
     the index is exactly KMeans over the in-memory combined features."""
     from ecos_core.storage import layout as store_layout
     from ecos_core.embedding.adapted_space import combined
-    from ecos_core.config import TrainConfig
     from flows.pool_index_flow import pool_index_flow
     from tasks import catalog
     from tasks.adapted import load_adapted
@@ -92,8 +91,8 @@ def test_the_combined_space_on_dask_is_the_one_computed_in_memory(pool_url, inde
     from tasks.pool_index import read_members
 
     store_url, plain = indexed
-    cfg = INDEX.model_copy(update={"feature_space": "combined", "adapted_size": 400})
-    out = pool_index_flow(pool_url, store_url, cfg, seed=0, workers=2, train=TrainConfig(max_steps=10, batch_size=32))
+    cfg = INDEX.model_copy(update={"feature_space": "combined", "adapted_size": 400, "adapted_steps": 10})
+    out = pool_index_flow(pool_url, store_url, cfg, seed=0, workers=2)
     assert out["features"]["embedded_now"] == 0 and out["index"]["key"] != plain["index"]["key"]  # backbone features reused
     space = load_adapted(store_url, out["features"]["adapted"])
     pool, features = in_memory(pool_url)
@@ -107,7 +106,7 @@ def test_the_combined_space_on_dask_is_the_one_computed_in_memory(pool_url, inde
     assert np.array_equal(store.read_npy(store_layout.index_part(out["index"]["key"], "centroids.npy")), ref.centroids)
     members = read_members(store_url, out["index"]["key"]).set_index("id").loc[pool.ids]
     assert np.array_equal(members["cluster"].to_numpy(), ref.assignments)
-    again = pool_index_flow(pool_url, store_url, cfg, seed=0, workers=2, train=TrainConfig(max_steps=10, batch_size=32))
+    again = pool_index_flow(pool_url, store_url, cfg, seed=0, workers=2)
     assert again["features"]["adapted"] == out["features"]["adapted"] and again["index"]["key"] == out["index"]["key"]
 
 
@@ -217,7 +216,7 @@ def test_a_round_runs_on_the_users_manifest_with_its_own_client_dataset(pool_url
     manifest = str(Path(pool_url).parent / "m.csv")
     cfg = RoundConfig.model_validate({
         "data": {"pool": manifest, "client": "builtin:mnistm:400", "n_client_train": 80, "n_client_test": 80},
-        "index": {"k": 8, "niter": 10, "nredo": 1}, "sampling": {"budget": 60},
+        "index": {"k": 8, "niter": 10, "nredo": 1, "adapted_steps": 10}, "sampling": {"budget": 60},
         "train": {"max_epochs": 2, "max_steps": 10, "batch_size": 32},
         "deadline_s": 120, "poll_s": 0.3, "domain_report": False, "dask": {"workers": 2},
     })  # fmt: skip

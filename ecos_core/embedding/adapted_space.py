@@ -7,7 +7,7 @@ learned on 3,000 labelled pool features (LDA, or a trained 1280→64 map) lifted
 only to 40-75%. A width-16 SmallCNN trained on the same 3,000 pool images (the
 annotators' labels, "none of these classes" for off-task images) gives 128-d embeddings
 whose kNN agrees 87-91% of the time. It is trained on pool data only (no client data),
-its weights are 99k float32 (≈ 390 KB) and travel hash-pinned as a numpy archive
+its weights are 99k float32 (403 KB) and travel hash-pinned as a numpy archive
 (loaded with allow_pickle=False, never unpickled).
 
 `combined` concatenates the two unit-normalised spaces with equal weight: cosine in it is
@@ -27,12 +27,12 @@ from typing import Any
 
 import numpy as np
 
+from ecos_core.data.builtin import IMAGE_SIZE as IMAGE_SIDE  # SmallCNN's input: the pipeline's images
+from ecos_core.exchange.protocol import ADAPTED_DIM as EMBED_DIM  # SmallCNN's penultimate layer
 from ecos_core.sampling.index import l2_normalize
 from ecos_core.types import ImageSet
 
-EMBED_DIM = 128  # SmallCNN's penultimate layer
-IMAGE_SIDE = 28  # SmallCNN's input (the pipeline's image size)
-MAX_WIDTH, MAX_CLASSES = 256, 10_000  # checked before a network is built from untrusted bytes
+MAX_WIDTH, MAX_CLASSES = 128, 10_000  # checked before a network is built from untrusted bytes (128: 8.3 MB)
 MIN_ANNOTATED = 50  # fewer annotated pool images cannot train a space worth shipping
 
 
@@ -130,21 +130,26 @@ def annotated_rows(labels: np.ndarray, domains: np.ndarray, size: int, off_task:
     return eligible[np.sort(rng.choice(len(eligible), size=size, replace=False))]
 
 
-def annotated_set(images: np.ndarray, labels: np.ndarray, domains: np.ndarray, ids: np.ndarray,
-                  off_task: tuple[str, ...], classes: int, where: str = "the pool") -> ImageSet:  # fmt: skip
-    """The annotated images as a training set: labels 0..classes-1, `classes` for "none";
-    refused in one line when too few, or when a label is not one of the classes."""
+def check_annotations(labels: np.ndarray, domains: np.ndarray, off_task: tuple[str, ...], classes: int,
+                      where: str = "the pool") -> None:  # fmt: skip
+    """One line when these annotated rows cannot train the space: too few, or a label that
+    is not one of the classes."""
     on_task = ~np.isin(np.asarray(domains).astype(str), list(off_task))
     bad = np.asarray(labels)[on_task]
     bad = bad[(bad < 0) | (bad >= classes)]
     if len(bad):
         raise ValueError(f"{where}: label {int(bad[0])} is not a class id in 0..{classes - 1} (train.num_classes={classes})")
-    y = annotator_labels(labels, domains, off_task, classes)
-    if len(y) < MIN_ANNOTATED:
+    if len(labels) < MIN_ANNOTATED:
         raise ValueError(f"the combined feature space needs at least {MIN_ANNOTATED} annotated images of {where} "
-                         f"(labelled, or in off-task domains {list(off_task)}); it has {len(y)}. Label more, or use "
-                         "feature_space 'backbone'")  # fmt: skip
-    return ImageSet(images, y, domains, ids)
+                         f"(labelled, or in off-task domains {list(off_task)}); it has {len(labels)}. Label more, or "
+                         "use --feature-space backbone")  # fmt: skip
+
+
+def annotated_set(images: np.ndarray, labels: np.ndarray, domains: np.ndarray, ids: np.ndarray,
+                  off_task: tuple[str, ...], classes: int, where: str = "the pool") -> ImageSet:  # fmt: skip
+    """The annotated images as a training set: labels 0..classes-1, `classes` for "none"."""
+    check_annotations(labels, domains, off_task, classes, where)
+    return ImageSet(images, annotator_labels(labels, domains, off_task, classes), domains, ids)
 
 
 def space_features(images: np.ndarray, model: Any, pre: Any, adapted: "AdaptedSpace | None", batch_size: int = 256,

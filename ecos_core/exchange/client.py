@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from ecos_core.exchange import transport
-from ecos_core.embedding.adapted_space import AdaptedSpace, space_features
+from ecos_core.embedding.adapted_space import IMAGE_SIDE, AdaptedSpace, space_features
 from ecos_core.exchange.auth import Enrollment, signed_response_bytes, verify
 from ecos_core.embedding.backbones import load_backbone
 from ecos_core.sampling.coverage import noisy_coverage_scores
@@ -59,8 +59,9 @@ def probe_backbone(probe: Probe, weights_path: str | None = None) -> Any:
 def probe_adapted(probe: Probe, data: bytes, source: str = "probe") -> AdaptedSpace:
     """The probe's adapted feature space from its bytes: size and sha256 as probe.json pins
     them, then parsed without unpickling into exactly the expected network."""
+    data = check_adapted(probe, data, source)  # its own ProtocolError names the file
     try:
-        return AdaptedSpace.from_bytes(check_adapted(probe, data, source), probe.adapted_sha256)
+        return AdaptedSpace.from_bytes(data, probe.adapted_sha256)
     except ValueError as err:
         raise ProtocolError(f"{source}/adapted.npz: {err}") from None
 
@@ -83,9 +84,11 @@ def answer_probe(
     in the cloud's feature space.
     """
     start = time.perf_counter()
-    if (adapted is None) != (probe.adapted_sha256 is None):
-        raise ProtocolError(f"round {probe.round_id}: the probe's feature space "
-                            f"{'needs' if adapted is None else 'has no'} an adapted space")  # fmt: skip
+    if (adapted.sha256 if adapted is not None else None) != probe.adapted_sha256:
+        raise ProtocolError(f"round {probe.round_id}: this adapted feature space is not the one the probe pins")
+    if adapted is not None and images.shape[1:] != (IMAGE_SIDE, IMAGE_SIDE, 3):  # before the backbone's pass
+        raise ProtocolError(f"round {probe.round_id}: the probe's feature space takes {IMAGE_SIDE}×{IMAGE_SIDE} RGB "
+                            f"images, this device's data are {images.shape[1:]}")  # fmt: skip
     model = model if model is not None else probe_backbone(probe, weights_path)
     feats = space_features(images, model, probe.backbone.preprocessing, adapted, show_bar=show_bar,
                            desc=f"{client_id} features")  # fmt: skip

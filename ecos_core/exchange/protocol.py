@@ -3,7 +3,7 @@ response (client → cloud).
 
 Probe on the wire: `probe.json` (metadata and the K cluster radii as base64 float32)
 + `centroids.npy` (K×d float32, ≈ 4·K·d bytes) + in the combined feature space
-`adapted.npz` (the pool-adapted CNN's weights, ≈ 390 KB, pinned by its sha256 in probe.json).
+`adapted.npz` (the pool-adapted CNN's weights, 403 KB, pinned by its sha256 in probe.json).
 Response on the wire: one small JSON whose scores are K little-endian float32 in base64
 (≈ 4·K bytes + ~300 bytes of ids), so nothing but the K noisy scalars and ids leaves the
 device. Every decoder checks size before parsing and never unpickles.
@@ -29,7 +29,7 @@ MAX_PROBE_JSON_BYTES = 1024 * 1024  # metadata + base64 radii of up to 100,000 c
 MAX_INVITATION_BYTES = 16 * 1024
 MAX_RESPONSE_BYTES = 64 * 1024
 MAX_CENTROID_BYTES = 64 * 1024 * 1024
-MAX_ADAPTED_BYTES = 16 * 1024 * 1024  # a width-256 SmallCNN's weights; width 16 is ≈ 390 KB
+MAX_ADAPTED_BYTES = 16 * 1024 * 1024  # a width-128 SmallCNN's weights are 8.3 MB; width 16 (the default) 403 KB
 ADAPTED_DIM = 128  # the adapted space's embedding (ecos_core.embedding.adapted_space.EMBED_DIM; torch-free here)
 SHA256 = r"^[0-9a-f]{64}$"
 

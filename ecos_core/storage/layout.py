@@ -27,6 +27,11 @@ def probe_centroids(round_id: str) -> str:
     return round_key(round_id, "probe/centroids.npy")
 
 
+def probe_source(round_id: str) -> str:
+    """Cloud-only: the index and adapted space the round's probe was made from."""
+    return round_key(round_id, "probe-source.json")
+
+
 def probe_adapted(round_id: str) -> str:
     return round_key(round_id, "probe/adapted.npz")
 
