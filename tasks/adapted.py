@@ -46,18 +46,20 @@ def _annotated(pool_url: str | None, data: DataConfig | None, index: IndexConfig
     return table.ids, table.labels, table.domains, rows, pixels, lambda: images_of(pool_url, table.ids[rows]).images
 
 
-def check_pool_for_adapted(pool_url: str, index: IndexConfig, classes: int) -> None:
+def check_pool_for_adapted(pool_url: str, index: IndexConfig, classes: int, where: str | None = None) -> None:
     """Before any shard is embedded: a pool the combined space cannot train on is refused in
-    one line (too few annotated rows, a label out of range, images not 28 px)."""
+    one line (too few annotated rows, a label out of range, images not 28 px), naming `where`
+    (what the user gave: a manifest, a folder) or the pool's URL."""
+    where = where or pool_url
     from ecos_core.embedding.adapted_space import IMAGE_SIDE, annotated_rows, check_annotations
     from tasks.pool import require_pool
 
     meta, table = require_pool(pool_url)
     if int(meta["image_size"]) != IMAGE_SIDE:
-        raise ValueError(f"{pool_url}: images are {meta['image_size']} px; the combined feature space's CNN takes "
+        raise ValueError(f"{where}: images are {meta['image_size']} px; the combined feature space's CNN takes "
                          f"{IMAGE_SIDE} px (ingest with --image-size {IMAGE_SIDE}, or use --feature-space backbone)")  # fmt: skip
     rows = annotated_rows(table.labels, table.domains, len(table), index.off_task_domains, 0)  # every annotated row
-    check_annotations(table.labels[rows], table.domains[rows], index.off_task_domains, classes, pool_url)
+    check_annotations(table.labels[rows], table.domains[rows], index.off_task_domains, classes, where)
 
 
 @task(name="train-adapted-space", **STORAGE_RETRIES)
