@@ -149,7 +149,7 @@ class SamplingConfig(BaseModel):
 
     budget: int = Field(1000, ge=1)
     samplers: tuple[str, ...] = ("ecos", "oracle", "random", "kcenter")
-    threshold_sigmas: float = Field(3.0, ge=0)
+    threshold_sigmas: float = Field(2.0, ge=0)  # 3σ lost whole digit classes of small clients (docs/benchmarks.md)
     threshold_share: float = Field(0.005, ge=0, lt=1)
     # "stop": leave budget unspent rather than sample clusters the client does not cover
     exhausted: Literal["fill", "stop"] = "stop"

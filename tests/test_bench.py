@@ -15,6 +15,7 @@ from ecos_cli.main import app
 from ecos_core.benchmark import run as bench
 from ecos_core.benchmark.run import GridSpec, cell_key, grid_cells, grid_key
 from ecos_core.sampling.hierarchy import ESTIMATOR
+from ecos_core.privacy.accounting import gaussian_epsilon
 from ecos_core.benchmark.report import all_plots, table4_frame, table4_markdown
 
 runner = CliRunner()
@@ -147,6 +148,19 @@ def test_the_cluster_hierarchy_enters_the_grid_key_only_when_on():
     assert on.setting()["group_sizes"] == [10.0, 20.0] and grid_key(on) != grid_key(off)
     assert on.setting()["group_estimator"] == ESTIMATOR  # a changed estimator gets new cells
     assert grid_key(on) != grid_key(GridSpec.model_validate({**on.model_dump(), "group_sigmas": 3.0}))
+
+
+def test_two_stage_probing_is_keyed_only_when_set_and_keeps_the_one_stage_epsilon():
+    """Grids without two-stage probing keep their cells; with it, ECOS spends the same ε in two releases."""
+    assert not {"two_stage_share", "two_stage_group_size"} & set(SPEC.setting())
+    two = GridSpec.model_validate({**SPEC.model_dump(), "two_stage_share": 0.5, "samplers": ["ecos"],
+                                   "applications": ["labeling"], "client_domains": ["mnist"]})  # fmt: skip
+    assert two.setting()["two_stage_share"] == 0.5 and grid_key(two) != grid_key(SPEC)
+    with pytest.raises(ValueError, match="annotator_feedback"):
+        GridSpec.model_validate({**two.model_dump(), "annotator_feedback": True})
+    row = bench.run_cell(grid_cells(two)[0], bench.BenchContext(two))
+    assert row["epsilon"] == pytest.approx(gaussian_epsilon(6.1), rel=1e-4)
+    assert 0 < row["proxy_size"] <= 30
 
 
 def test_table4_layout(first_run):

@@ -77,7 +77,7 @@ def test_second_round_reuses_cached_features_and_index(first_round, store_url, t
 
 
 def test_noise_above_every_count_leaves_the_budget_unspent(first_round, store_url, tmp_path):
-    """σ so large that no cluster passes the 3σ threshold (and the floor is 3σ too): ECOS ("stop") selects nothing,
+    """σ so large that no cluster passes the threshold (and the floor is 3σ): ECOS ("stop") selects nothing,
     the round still completes, and the report says how much budget was left."""
     from flows.round_flow import round_flow
 

@@ -52,13 +52,14 @@ from ecos_core.labeling.feedback import select_with_feedback
 from ecos_core.labeling.annotation import annotate_with_ground_truth, export_for_annotation, import_labels
 from ecos_core.embedding.features import content_key, embed
 from ecos_core.sampling.index import PoolIndex, build_index, l2_normalize
-from ecos_core.privacy.accounting import gaussian_epsilon, gaussian_event
+from ecos_core.privacy.accounting import epsilon, gaussian_event
 from ecos_core.labeling.private_knn import combined_epsilon
 from ecos_core.exchange.protocol import Response, encode_probe, encode_response
 from ecos_core.sampling.samplers import SamplingPool, make_sampler
 from ecos_core.training.semisup import FixMatchConfig, train_fixmatch
 from ecos_core.storage.store import Store
 from ecos_core.training.train import accuracy, train_classifier
+from ecos_core.sampling.two_stage import two_stage_budgets
 from ecos_core.types import ImageSet
 
 from ecos_core.benchmark.grid import (
@@ -300,8 +301,14 @@ def run_cell(cell: Cell, ctx: BenchContext) -> dict:
                            exact_counts=s.counts, **ecos_params)  # fmt: skip
     off_task = np.isin(s.pool.domains.astype(str), spec.distractor_domains)  # what annotators would say: "none"
     feedback = spec.annotator_feedback and cell.application in ("labeling", "labeling_fixmatch")
+    two_stage = None  # the DP event of a two-stage round (ecos_core.sampling.two_stage), when the grid asks for one
     if feedback and cell.sampler in ("ecos", "oracle"):
         picked = select_with_feedback(sampler, sampling_pool, cell.budget, lambda rows: off_task[rows])  # type: ignore[arg-type]
+    elif cell.sampler == "ecos" and spec.two_stage_share is not None:
+        share, two_stage = two_stage_budgets(s.counts, s.index.centroids, np.bincount(s.index.assignments, minlength=k),
+                                             cell.budget, cell.sigma, spec.two_stage_share, spec.two_stage_group_size,
+                                             spec.group_sigmas, cell.seed)  # type: ignore[arg-type]  # fmt: skip
+        picked = sampler.rule.pick(sampling_pool, share)  # type: ignore[attr-defined]
     else:
         picked = sampler.select(sampling_pool, cell.budget)
     select_s = time.perf_counter() - start
@@ -310,8 +317,8 @@ def run_cell(cell: Cell, ctx: BenchContext) -> dict:
     # privacy and cost of what the sampler needs from the client
     events = []
     if cell.sampler == "ecos":
-        eps = gaussian_epsilon(cell.sigma, spec.delta)
-        events.append(gaussian_event(cell.sigma))
+        events.append(two_stage or gaussian_event(cell.sigma))
+        eps = epsilon(events[0], spec.delta)
         down, up = _probe_bytes(k, dim, bspec, cell.sigma, spec.delta, spec.coverage == "ball", s.space_bytes > 0)
         down += s.space_bytes
         macs, client_s = _client_macs(spec, len(s.train), k, dim), s.client_s
