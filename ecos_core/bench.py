@@ -47,6 +47,7 @@ from ecos_core.settings import Settings
 from ecos_core.data.split import REGIMES, split_client_pool, subsample
 from ecos_core.config import RULE_FIELDS
 from ecos_core.distill import distill, train_teacher
+from ecos_core.class_share import annotated_pool_classes, select_by_class
 from ecos_core.feedback import select_with_feedback
 from ecos_core.annotation import annotate_with_ground_truth, export_for_annotation, import_labels
 from ecos_core.features import content_key, embed
@@ -94,6 +95,7 @@ class Setup:
     label_pool: np.ndarray  # the space client labeling runs in: the adapted one when there is one
     label_train: np.ndarray
     space_bytes: int = 0  # the adapted space's weights, shipped in the probe
+    predicted: np.ndarray | None = None  # the cloud's class guess per pool image (class_balance)
 
 
 @dataclass
@@ -227,9 +229,13 @@ class BenchContext:
         counts = coverage_counts(train_f, index.centroids, index.radii if spec.coverage == "ball" else None)
         score_s = time.perf_counter() - start
         per_image = self._embed_s.get((client_domain, seed), float("nan"))
+        predicted = None
+        if spec.class_balance:  # the annotated pool images' kNN vote in the space they trained
+            predicted = annotated_pool_classes(pool, label_pool, spec.adapted_size, tuple(spec.distractor_domains),
+                                               spec.train.num_classes, seed)  # fmt: skip
         setup = Setup(train, test, pool, train_f, l2_normalize(pool_f), index, counts,
                       client_s=per_image * len(train) + score_s, label_pool=label_pool, label_train=label_train,
-                      space_bytes=space_bytes)  # fmt: skip
+                      space_bytes=space_bytes, predicted=predicted)  # fmt: skip
         self._setups[key] = setup
         return setup
 
@@ -296,7 +302,9 @@ def run_cell(cell: Cell, ctx: BenchContext) -> dict:
                            exact_counts=s.counts, **ecos_params)  # fmt: skip
     off_task = np.isin(s.pool.domains.astype(str), spec.distractor_domains)  # what annotators would say: "none"
     feedback = spec.annotator_feedback and cell.application in ("labeling", "labeling_fixmatch")
-    if feedback and cell.sampler in ("ecos", "oracle"):
+    if s.predicted is not None and cell.sampler in ("ecos", "oracle"):  # "none" guesses are never picked
+        picked = select_by_class(sampler, sampling_pool, cell.budget, s.predicted, spec.train.num_classes)  # type: ignore[arg-type]
+    elif feedback and cell.sampler in ("ecos", "oracle"):
         picked = select_with_feedback(sampler, sampling_pool, cell.budget, lambda rows: off_task[rows])  # type: ignore[arg-type]
     else:
         picked = sampler.select(sampling_pool, cell.budget)

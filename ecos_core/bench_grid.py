@@ -30,7 +30,7 @@ ROW_FIELDS = ("client_domain", "regime", "budget", "sampler", "application", "se
 # an option keeps every finished cell.
 _KEYED_WHEN_SET = ("pool_data", "distractor_domains", "backbone", "model_url", "model_sha256", "adapted_size",
                    "adapted_width", "label_groups", "label_sigma", "label_min_sigmas",
-                   "annotator_feedback")  # fmt: skip
+                   "annotator_feedback", "class_balance")  # fmt: skip
 # Options whose first value is not their default: they stay out of the key at that value,
 # so the cells stored before the option existed are still found.
 _LEGACY = {"feature_space": "backbone", "client_labeler": "knn"}
@@ -110,6 +110,9 @@ class GridSpec(BaseModel):
     # selective manual labeling: annotators answer "none" for off-task images (not trained on) and
     # ECOS spends the budget in two halves, the second away from clusters that were mostly "none"
     annotator_feedback: bool = False
+    # spend ECOS's cluster shares class by class, by the cloud's kNN class prediction on pool images
+    # (ecos_core.class_share; "none" never picked): for OoD, where the covered clusters miss classes
+    class_balance: bool = False
 
     @field_validator("client_domains", "samplers", "applications", "regimes", "budgets", "seeds", "sigmas",
                      "distractor_domains", mode="before")  # fmt: skip
