@@ -70,3 +70,20 @@ def test_class_balance_enters_the_grid_key_only_when_set():
     base = GridSpec()
     assert "class_balance" not in base.setting()
     assert grid_key(GridSpec(class_balance=False)) == grid_key(base) != grid_key(GridSpec(class_balance=True))
+
+
+def test_bench_cells_with_class_balance_run_for_ecos_and_the_oracle():
+    """The grid wiring: the setup carries the class guesses and ECOS/Oracle cells spend by class."""
+    from ecos_core.bench import BenchContext, Cell, run_cell
+
+    spec = GridSpec(client_domains=("mnist",), regimes=("ood",), domain_sizes={"mnistm": 150, "mnist": 150, "animal": 150},
+                    n_client_train=40, n_client_test=40, k=4, budgets=(30,), samplers=("ecos", "oracle"), seeds=(0,),
+                    sigmas=(6.1,), adapted_size=100, class_balance=True,
+                    train={"max_epochs": 1, "max_steps": 5, "batch_size": 32})  # fmt: skip
+    ctx = BenchContext(spec)
+    setup = ctx.setup("mnist", "ood", 0)
+    assert setup.predicted is not None and len(setup.predicted) == len(setup.pool)
+    for sampler in ("ecos", "oracle"):
+        row = run_cell(Cell(client_domain="mnist", regime="ood", budget=30, sampler=sampler, application="labeling",
+                            seed=0, sigma=6.1 if sampler == "ecos" else None), ctx)  # fmt: skip
+        assert 0 < row["proxy_size"] <= 30
