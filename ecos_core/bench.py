@@ -303,7 +303,8 @@ def run_cell(cell: Cell, ctx: BenchContext) -> dict:
     off_task = np.isin(s.pool.domains.astype(str), spec.distractor_domains)  # what annotators would say: "none"
     feedback = spec.annotator_feedback and cell.application in ("labeling", "labeling_fixmatch")
     if s.predicted is not None and cell.sampler in ("ecos", "oracle"):  # "none" guesses are never picked
-        picked = select_by_class(sampler, sampling_pool, cell.budget, s.predicted, spec.train.num_classes)  # type: ignore[arg-type]
+        classes = spec.train.num_classes
+        picked = select_by_class(sampler, sampling_pool, cell.budget, s.predicted, classes)  # type: ignore[arg-type]
     elif feedback and cell.sampler in ("ecos", "oracle"):
         picked = select_with_feedback(sampler, sampling_pool, cell.budget, lambda rows: off_task[rows])  # type: ignore[arg-type]
     else:

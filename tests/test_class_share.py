@@ -76,7 +76,8 @@ def test_bench_cells_with_class_balance_run_for_ecos_and_the_oracle():
     """The grid wiring: the setup carries the class guesses and ECOS/Oracle cells spend by class."""
     from ecos_core.bench import BenchContext, Cell, run_cell
 
-    spec = GridSpec(client_domains=("mnist",), regimes=("ood",), domain_sizes={"mnistm": 150, "mnist": 150, "animal": 150},
+    sizes = {"mnistm": 150, "mnist": 150, "animal": 150}
+    spec = GridSpec(client_domains=("mnist",), regimes=("ood",), domain_sizes=sizes,
                     n_client_train=40, n_client_test=40, k=4, budgets=(30,), samplers=("ecos", "oracle"), seeds=(0,),
                     sigmas=(6.1,), adapted_size=100, class_balance=True,
                     train={"max_epochs": 1, "max_steps": 5, "batch_size": 32})  # fmt: skip
