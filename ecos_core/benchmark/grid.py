@@ -30,7 +30,7 @@ ROW_FIELDS = ("client_domain", "regime", "budget", "sampler", "application", "se
 # an option keeps every finished cell.
 _KEYED_WHEN_SET = ("pool_data", "distractor_domains", "backbone", "model_url", "model_sha256", "adapted_size",
                    "adapted_width", "label_groups", "label_sigma", "label_min_sigmas",
-                   "annotator_feedback", "two_stage_share", "two_stage_group_size")  # fmt: skip
+                   "annotator_feedback", "two_stage_share", "two_stage_group_size", "class_balance")  # fmt: skip
 # Options whose first value is not their default: they stay out of the key at that value,
 # so the cells stored before the option existed are still found.
 _LEGACY = {"feature_space": "backbone", "client_labeler": "knn"}
@@ -117,6 +117,9 @@ class GridSpec(BaseModel):
     # groups; ε is both releases composed (equal to one release at σ). None: one stage
     two_stage_share: float | None = Field(None, gt=0, lt=1)
     two_stage_group_size: float = Field(20.0, gt=0)
+    # spend ECOS's cluster shares class by class, by the cloud's kNN class prediction on pool images
+    # (ecos_core.sampling.class_share; "none" never picked): for OoD, where the covered clusters miss classes
+    class_balance: bool = False
 
     @field_validator("client_domains", "samplers", "applications", "regimes", "budgets", "seeds", "sigmas",
                      "distractor_domains", mode="before")  # fmt: skip

@@ -48,6 +48,7 @@ from ecos_core.settings import Settings
 from ecos_core.data.split import REGIMES, split_client_pool, subsample
 from ecos_core.config import RULE_FIELDS
 from ecos_core.training.distill import distill, train_teacher
+from ecos_core.sampling.class_share import annotated_pool_classes, select_by_class
 from ecos_core.labeling.feedback import select_with_feedback
 from ecos_core.labeling.annotation import annotate_with_ground_truth, export_for_annotation, import_labels
 from ecos_core.embedding.features import content_key, embed
@@ -61,21 +62,9 @@ from ecos_core.storage.store import Store
 from ecos_core.training.train import accuracy, train_classifier
 from ecos_core.sampling.two_stage import two_stage_budgets
 from ecos_core.types import ImageSet
-
-from ecos_core.benchmark.grid import (
-    APPLICATIONS,
-    BENCH_SAMPLERS,
-    NOISY_SAMPLERS,
-    LOCAL_APPLICATIONS,
-    BACKBONE_MACS_224,
-    MOBILENET_V2_MACS_224,
-    ROW_FIELDS,
-    GridSpec,
-    Cell,
-    grid_key,
-    cell_key,
-    grid_cells,
-)
+from ecos_core.benchmark.grid import (APPLICATIONS, BACKBONE_MACS_224, BENCH_SAMPLERS, LOCAL_APPLICATIONS,  # noqa: F401
+                                      MOBILENET_V2_MACS_224, NOISY_SAMPLERS, ROW_FIELDS, Cell, GridSpec, cell_key,
+                                      grid_cells, grid_key)  # fmt: skip (re-exported: the CLI and tests import them here)
 
 
 __all__ = ["APPLICATIONS", "BENCH_SAMPLERS", "NOISY_SAMPLERS", "LOCAL_APPLICATIONS", "MOBILENET_V2_MACS_224", "ROW_FIELDS", "GridSpec", "Cell", "grid_key", "cell_key", "grid_cells", "BenchContext", "Setup", "run_cell"]
@@ -96,6 +85,7 @@ class Setup:
     label_pool: np.ndarray  # the space client labeling runs in: the adapted one when there is one
     label_train: np.ndarray
     space_bytes: int = 0  # the adapted space's weights, shipped in the probe
+    predicted: np.ndarray | None = None  # the cloud's class guess per pool image (class_balance)
 
 
 @dataclass
@@ -229,9 +219,13 @@ class BenchContext:
         counts = coverage_counts(train_f, index.centroids, index.radii if spec.coverage == "ball" else None)
         score_s = time.perf_counter() - start
         per_image = self._embed_s.get((client_domain, seed), float("nan"))
+        predicted = None
+        if spec.class_balance:  # the annotated pool images' kNN vote in the space they trained
+            predicted = annotated_pool_classes(pool, label_pool, spec.adapted_size, tuple(spec.distractor_domains),
+                                               spec.train.num_classes, seed)  # fmt: skip
         setup = Setup(train, test, pool, train_f, l2_normalize(pool_f), index, counts,
                       client_s=per_image * len(train) + score_s, label_pool=label_pool, label_train=label_train,
-                      space_bytes=space_bytes)  # fmt: skip
+                      space_bytes=space_bytes, predicted=predicted)  # fmt: skip
         self._setups[key] = setup
         return setup
 
@@ -302,7 +296,10 @@ def run_cell(cell: Cell, ctx: BenchContext) -> dict:
     off_task = np.isin(s.pool.domains.astype(str), spec.distractor_domains)  # what annotators would say: "none"
     feedback = spec.annotator_feedback and cell.application in ("labeling", "labeling_fixmatch")
     two_stage = None  # the DP event of a two-stage round (ecos_core.sampling.two_stage), when the grid asks for one
-    if feedback and cell.sampler in ("ecos", "oracle"):
+    if s.predicted is not None and cell.sampler in ("ecos", "oracle"):  # "none" guesses are never picked
+        classes = spec.train.num_classes
+        picked = select_by_class(sampler, sampling_pool, cell.budget, s.predicted, classes)  # type: ignore[arg-type]
+    elif feedback and cell.sampler in ("ecos", "oracle"):
         picked = select_with_feedback(sampler, sampling_pool, cell.budget, lambda rows: off_task[rows])  # type: ignore[arg-type]
     elif cell.sampler == "ecos" and spec.two_stage_share is not None:
         share, two_stage = two_stage_budgets(s.counts, s.index.centroids, np.bincount(s.index.assignments, minlength=k),

@@ -1,0 +1,105 @@
+"""A class-balanced share of the budget, from the cloud's own class prediction on pool images.
+
+Why: when the client's domain is absent from the pool (OoD), its samples fall inside the
+balls of only a few clusters and those clusters hold only some classes: on MNIST-M (seed 1)
+ECOS's proxy set held 1-5 images of the classes 0, 1, 2 and 4, so the model never learnt
+them. The cloud knows, without the client, what class each pool image probably is: the
+pool-adapted space was trained on annotated pool images, and a kNN vote among those
+annotated images labels the rest (the "none of these classes" answer included). So the
+budget is spent class by class: each predicted class gets an equal share, drawn from the
+clusters ECOS kept in proportion to their weight, then, where those clusters hold too few
+images of the class, from the other clusters in descending noisy score. Images predicted
+"none" are never picked. Post-processing of the released scores and of the cloud's own
+annotations: no extra ε. Measured (OoD, 3 clients × 3 seeds, σ=6.1): ECOS 66.8% against
+55.6% without it and Random's 51.9%; on the ID+OoD grid 96.5% against 96.6%.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from ecos_core.embedding.adapted_space import annotator_labels
+from ecos_core.data.split import subsample
+from ecos_core.sampling.index import l2_normalize
+from ecos_core.sampling.kcenter import kcenter_greedy
+from ecos_core.sampling.samplers import SamplingPool, ScoredSampler, allocate_budget
+from ecos_core.types import ImageSet
+
+
+def knn_classes(features: np.ndarray, ref: np.ndarray, ref_labels: np.ndarray, k: int = 10,
+                batch: int = 4096) -> np.ndarray:  # fmt: skip
+    """(N,) majority label of each row's k nearest `ref` rows (cosine); ties to the lower label."""
+    ref_labels = np.asarray(ref_labels, dtype=np.int64)
+    if len(ref) != len(ref_labels) or len(ref) == 0:
+        raise ValueError(f"need one label per reference row, got {len(ref)} rows and {len(ref_labels)} labels")
+    k = min(k, len(ref))
+    x, r = l2_normalize(np.asarray(features, np.float32)), l2_normalize(np.asarray(ref, np.float32))
+    out = np.empty(len(x), dtype=np.int64)
+    n_labels = int(ref_labels.max()) + 1
+    for i in range(0, len(x), batch):
+        near = np.argpartition(-(x[i : i + batch] @ r.T), k - 1, axis=1)[:, :k]
+        votes = np.apply_along_axis(np.bincount, 1, ref_labels[near], minlength=n_labels)
+        out[i : i + batch] = votes.argmax(axis=1)
+    return out
+
+
+def class_cluster_budgets(cluster_share: np.ndarray, scores: np.ndarray, assignments: np.ndarray,
+                          predicted: np.ndarray, classes: int, budget: int) -> np.ndarray:  # fmt: skip
+    """(K, classes) images to take from each cluster for each predicted class.
+
+    `cluster_share` is the ECOS rule's share per cluster (its kept clusters: > 0); labels
+    >= `classes` (none) are never taken. Each class gets an equal part of the budget (water-
+    filled under what the pool holds of it); inside a class, the kept clusters first, in
+    proportion to share × the cluster's fraction of that class, then the other clusters in
+    descending score order."""
+    k = len(scores)
+    on_task = predicted < classes
+    held = np.zeros((k, classes), dtype=np.int64)
+    np.add.at(held, (assignments[on_task], predicted[on_task]), 1)
+    sizes = np.maximum(np.bincount(assignments, minlength=k), 1)
+    per_class = allocate_budget(np.ones(classes), held.sum(axis=0), budget)
+    out = np.zeros((k, classes), dtype=np.int64)
+    order = np.lexsort((np.arange(k), -np.asarray(scores, dtype=np.float64)))
+    for c in range(classes):
+        mass = np.asarray(cluster_share, dtype=np.float64) * held[:, c] / sizes
+        out[:, c] = allocate_budget(mass, held[:, c], int(per_class[c]))
+        left = int(per_class[c] - out[:, c].sum())
+        for cluster in order:  # the kept clusters lack this class: the next best clusters
+            if left == 0:
+                break
+            extra = min(left, int(held[cluster, c] - out[cluster, c]))
+            out[cluster, c] += extra
+            left -= extra
+    return out
+
+
+def pick_by_class(pool: SamplingPool, predicted: np.ndarray, budgets: np.ndarray) -> np.ndarray:
+    """budgets[c, y] diverse pool rows of cluster c predicted y (k-center from the most typical)."""
+    picked: list[np.ndarray] = []
+    for cluster, label in zip(*np.nonzero(budgets)):
+        members = np.flatnonzero((pool.assignments == cluster) & (predicted == label))
+        centre = int(np.argmax(pool.features[members] @ pool.centroids[cluster]))
+        picked.append(members[kcenter_greedy(pool.features[members], int(budgets[cluster, label]), centre)])
+    return np.sort(np.concatenate(picked)) if picked else np.zeros(0, dtype=np.int64)
+
+
+def annotated_pool_classes(pool: ImageSet, embedded: np.ndarray, n_annotated: int, off_task: tuple[str, ...],
+                           classes: int, seed: int, k: int = 10) -> np.ndarray:  # fmt: skip
+    """(N,) predicted class of every pool image (`classes` = none): the kNN vote, in the adapted
+    space `embedded`, of the pool images the annotators labelled to train that space (the same
+    seeded subset as ecos_core.benchmark.spaces.adapted_features)."""
+    labelled = subsample(pool, min(n_annotated, len(pool)), seed)
+    rows = pd.Index(pool.ids.astype(str)).get_indexer(labelled.ids.astype(str))
+    answers = annotator_labels(labelled.labels, labelled.domains, off_task, classes)
+    return knn_classes(embedded, embedded[rows], answers, k)
+
+
+def select_by_class(sampler: ScoredSampler, pool: SamplingPool, budget: int, predicted: np.ndarray,
+                    classes: int) -> np.ndarray:  # fmt: skip
+    """Rows of `pool`: the ECOS rule's cluster shares, spent class by class (class_cluster_budgets)."""
+    k = len(pool.centroids)
+    scores = np.asarray(sampler.scores, dtype=np.float64)
+    share = sampler.rule.cluster_budgets(scores, np.bincount(pool.assignments, minlength=k), budget, pool.centroids)
+    budgets = class_cluster_budgets(share, scores, pool.assignments, predicted, classes, budget)
+    return pick_by_class(pool, predicted, budgets)
