@@ -21,27 +21,20 @@ import pandas as pd
 
 from ecos_core.embedding.adapted_space import annotator_labels
 from ecos_core.data.split import subsample
-from ecos_core.sampling.index import l2_normalize
+from ecos_core.labeling.private_knn import knn_votes
 from ecos_core.sampling.kcenter import kcenter_greedy
 from ecos_core.sampling.samplers import SamplingPool, ScoredSampler, allocate_budget
 from ecos_core.types import ImageSet
 
 
-def knn_classes(features: np.ndarray, ref: np.ndarray, ref_labels: np.ndarray, k: int = 10,
-                batch: int = 4096) -> np.ndarray:  # fmt: skip
-    """(N,) majority label of each row's k nearest `ref` rows (cosine); ties to the lower label."""
+def knn_classes(features: np.ndarray, ref: np.ndarray, ref_labels: np.ndarray, k: int = 10) -> np.ndarray:
+    """(N,) majority label of each row's k nearest `ref` rows (cosine, faiss's exact search, as
+    Private-kNN's votes); ties to the lower label."""
     ref_labels = np.asarray(ref_labels, dtype=np.int64)
     if len(ref) != len(ref_labels) or len(ref) == 0:
         raise ValueError(f"need one label per reference row, got {len(ref)} rows and {len(ref_labels)} labels")
-    k = min(k, len(ref))
-    x, r = l2_normalize(np.asarray(features, np.float32)), l2_normalize(np.asarray(ref, np.float32))
-    out = np.empty(len(x), dtype=np.int64)
-    n_labels = int(ref_labels.max()) + 1
-    for i in range(0, len(x), batch):
-        near = np.argpartition(-(x[i : i + batch] @ r.T), k - 1, axis=1)[:, :k]
-        votes = np.apply_along_axis(np.bincount, 1, ref_labels[near], minlength=n_labels)
-        out[i : i + batch] = votes.argmax(axis=1)
-    return out
+    classes = max(2, int(ref_labels.max()) + 1)
+    return knn_votes(features, ref, ref_labels, min(k, len(ref)), classes).argmax(axis=1).astype(np.int64)
 
 
 def class_cluster_budgets(cluster_share: np.ndarray, scores: np.ndarray, assignments: np.ndarray,
