@@ -17,10 +17,8 @@ annotations: no extra ε. Measured (OoD, 3 clients × 3 seeds, σ=6.1): ECOS 66.
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
 
-from ecos_core.embedding.adapted_space import annotator_labels
-from ecos_core.data.split import subsample
+from ecos_core.embedding.adapted_space import annotated_rows, annotator_labels
 from ecos_core.labeling.private_knn import knn_votes
 from ecos_core.sampling.kcenter import kcenter_greedy
 from ecos_core.sampling.samplers import SamplingPool, ScoredSampler, allocate_budget
@@ -81,10 +79,9 @@ def annotated_pool_classes(pool: ImageSet, embedded: np.ndarray, n_annotated: in
                            classes: int, seed: int, k: int = 10) -> np.ndarray:  # fmt: skip
     """(N,) predicted class of every pool image (`classes` = none): the kNN vote, in the adapted
     space `embedded`, of the pool images the annotators labelled to train that space (the same
-    seeded subset as ecos_core.benchmark.spaces.adapted_features)."""
-    labelled = subsample(pool, min(n_annotated, len(pool)), seed)
-    rows = pd.Index(pool.ids.astype(str)).get_indexer(labelled.ids.astype(str))
-    answers = annotator_labels(labelled.labels, labelled.domains, off_task, classes)
+    seeded rows as ecos_core.benchmark.spaces.adapted_features and rounds: annotated_rows)."""
+    rows = annotated_rows(pool.labels, pool.domains, n_annotated, off_task, seed)
+    answers = annotator_labels(pool.labels[rows], pool.domains[rows], off_task, classes)
     return knn_classes(embedded, embedded[rows], answers, k)
 
 
