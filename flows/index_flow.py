@@ -16,7 +16,7 @@ from prefect import flow
 from ecos_core.config import RoundConfig
 from flows.ingest_flow import ingest_flow
 from flows.pool_index_flow import pool_index_flow
-from tasks.adapted import adapted_space, check_pool_for_adapted, combine_domain_features
+from tasks.adapted import adapted_space, combine_domain_features
 from tasks.features import extract_features
 from tasks.index import build_pool_index
 from tasks.pool import pool_url_of
@@ -42,10 +42,8 @@ def _index_ingested_pool(cfg: RoundConfig, store_url: str) -> dict:
     pool_url = pool_url_of(cfg.data.pool, store_url)
     if pool_url != cfg.data.pool:  # a manifest or a folder: ingest what the store's copy lacks
         ingest_flow(cfg.data.pool, pool_url, dask_address=cfg.dask.address, workers=cfg.dask.workers)
-    if cfg.index.feature_space == "combined":  # named as the user gave it, before anything is embedded
-        check_pool_for_adapted(pool_url, cfg.index, cfg.train.num_classes, where=cfg.data.pool)
     out = pool_index_flow(pool_url, store_url, cfg.index, cfg.seed, cfg.dask.address, cfg.dask.workers,
-                          cfg.train.num_classes)
+                          cfg.train.num_classes, source=cfg.data.pool)
     features = out["features"]
     hits = features["shards"] - features["embedded_now"]
     features.update(keys={}, cache_hits=[f"{hits} of {features['shards']} pool shards"] if hits else [])

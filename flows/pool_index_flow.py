@@ -30,8 +30,6 @@ def _index_shards(pool_url: str, store_url: str, index: IndexConfig, seed: int, 
     _, pool = require_pool(pool_url)
     shards, sizes = pool.shards(), list(pool.shard_sizes().values())
     spec = backbone_spec(index)
-    if index.feature_space == "combined":  # a pool it cannot train on fails now, not after every shard
-        check_pool_for_adapted(pool_url, index, classes)
     start = time.perf_counter()
     embedded = [f.result() for f in embed_shard.map(store_url, pool_url, shards, unmapped(spec), index.batch_size, threads,
                                                     index.device)]  # fmt: skip
@@ -74,10 +72,14 @@ def pool_index_flow(
     dask_address: str | None = None,
     workers: int | None = None,
     classes: int = 10,
+    source: str | None = None,
 ) -> dict:
     """dask_address: an existing cluster (tcp://host:8786); else a local one of `workers` processes.
-    classes: the annotators' classes (train.num_classes), for the combined space's CNN."""
+    classes: the annotators' classes (train.num_classes), for the combined space's CNN.
+    source: what the user gave (a manifest, a folder), named in errors instead of pool_url."""
     check_store(store_url)
+    if index.feature_space == "combined":  # a pool it cannot train on fails now, not after every shard
+        check_pool_for_adapted(pool_url, index, classes, where=source)
     runner = dask_runner(dask_address, workers)
     threads = torch_threads(workers) if dask_address is None else 0
     return _index_shards.with_options(task_runner=runner)(pool_url, store_url, index, seed, threads, classes)
