@@ -157,8 +157,9 @@ def test_a_bad_adapted_space_is_refused_before_any_feature_or_epsilon(device, sp
         monkeypatch.setattr(protocol, "MAX_ADAPTED_BYTES", 1000)
     monkeypatch.setattr(features, "embed", lambda *a, **k: pytest.fail("a feature was computed"))
     why = {"altered": "sha256 does not match", "no_url": "the invitation has no adapted_url", "too_big": "larger than"}
-    with pytest.raises(Exception, match=why[tamper]):
+    with pytest.raises(Exception, match=why[tamper]) as refused:
         respond(invitation, enrollment, make_imageset(4).images, ledger, show_bar=False)
+    assert str(refused.value).count("round r1 probe") == 1  # one line, its source named once
     assert not ledger.path.exists() and not store.exists(layout.response("r1", "c1"))
 
 
