@@ -29,12 +29,13 @@ def _prefect_env(cfg: Config) -> dict[str, str]:
     env["PREFECT_HOME"] = str(cfg.prefect_home)
     env["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
     env["PREFECT_UI_ENABLED"] = "true"
+    env["PREFECT_SERVER_LOG_RETRYABLE_ERRORS"] = "true"  # a 503's cause lands in prefect.log
     return env
 
 
 def _prefect_healthy(cfg: Config) -> bool:
     try:
-        return _http(f"{cfg.prefect_api_url}/health", timeout=2.0)[0] == 200
+        return _http(f"{cfg.prefect_api_url}/health", timeout=2.0, retries=0)[0] == 200
     except OSError:
         return False
 

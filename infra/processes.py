@@ -151,14 +151,27 @@ def _wait_ready(rec: Record, check: Callable[[], bool], timeout: float, what: st
         time.sleep(0.2)
 
 
-def _http(url: str, method: str = "GET", body: dict | None = None, timeout: float = 3.0) -> tuple[int, bytes]:
+# The codes Prefect's own client retries: its server answers 503 when SQLite is locked by
+# a concurrent writer (worker, watcher, deploy), which a loaded 2-core CI machine hits.
+RETRYABLE_HTTP = frozenset({408, 429, 502, 503})
+
+
+def _http(
+    url: str, method: str = "GET", body: dict | None = None, timeout: float = 3.0, retries: int = 6
+) -> tuple[int, bytes]:
+    """One JSON request; retryable answers are retried with backoff (0.5 s doubling, ≈ 30 s in all)."""
     data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as r:
-            return r.status, r.read()
-    except urllib.error.HTTPError as err:
-        return err.code, err.read()
+    for attempt in range(retries + 1):
+        req = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as r:
+                return r.status, r.read()
+        except urllib.error.HTTPError as err:
+            status, payload = err.code, err.read()
+        if status not in RETRYABLE_HTTP or attempt == retries:
+            return status, payload
+        time.sleep(0.5 * 2**attempt)
+    raise AssertionError("unreachable")
 
 
 def _port_open(port: int) -> bool:

@@ -20,8 +20,9 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
+
+from infra.processes import _http
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -49,8 +50,7 @@ def wait_for_state(run_id: str, env: dict[str, str], timeout_s: float) -> list[s
     seen: list[str] = []
     end = time.monotonic() + timeout_s
     while time.monotonic() < end:
-        with urllib.request.urlopen(f"{env['PREFECT_API_URL']}/flow_runs/{run_id}", timeout=10) as resp:
-            state = json.load(resp)["state"] or {}
+        state = _api(env, f"/flow_runs/{run_id}")["state"] or {}  # type: ignore[index]
         if state.get("name") and (not seen or seen[-1] != state["name"]):
             seen.append(state["name"])
             step(f"flow run state: {state['name']}")
@@ -61,11 +61,11 @@ def wait_for_state(run_id: str, env: dict[str, str], timeout_s: float) -> list[s
 
 
 def _api(env: dict[str, str], path: str, body: dict | None = None) -> object:
-    data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(f"{env['PREFECT_API_URL']}{path}", data=data, method="POST" if data else "GET",
-                                 headers={"Content-Type": "application/json"})  # fmt: skip
-    with urllib.request.urlopen(req, timeout=10) as resp:
-        return json.load(resp)
+    """The Prefect API, retried on the answers Prefect's own client retries (503: SQLite busy)."""
+    status, payload = _http(f"{env['PREFECT_API_URL']}{path}", "GET" if body is None else "POST", body, timeout=10)
+    if status >= 300:
+        raise RuntimeError(f"Prefect API {path}: HTTP {status} {payload[:300]!r}")
+    return json.loads(payload)
 
 
 def report_overhead(run_id: str, env: dict[str, str]) -> None:
