@@ -159,6 +159,10 @@ class SamplingConfig(BaseModel):
     # group_sigmas·σ·√members; free in ε (post-processing of the same scores); () turns it off
     group_sizes: tuple[float, ...] = (10.0, 20.0, 30.0)
     group_sigmas: float = Field(2.0, ge=0)
+    # spend ECOS's (and the Oracle's) cluster shares class by class, by the cloud's kNN class guess of
+    # each pool image in the combined space (ecos_core.sampling.class_share; "none" never picked):
+    # for clients whose domain the pool lacks. A backbone-space index has no guesses: the plain rule
+    class_balance: bool = True
     # K-Center on an ingested pool runs over a seeded uniform sample of this many images
     # (O(N·B) over millions is hours); a smaller pool is used whole, exactly as before
     kcenter_sample: int = Field(50_000, ge=1)

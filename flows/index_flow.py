@@ -34,7 +34,8 @@ def index_flow(cfg: RoundConfig = RoundConfig(), store_url: str = "./ecos-store"
         adapted = adapted_space(store_url, None, cfg.data, cfg.index, cfg.train.num_classes, cfg.seed)
         keys = combine_domain_features(store_url, features["keys"], cfg.data, cfg.seed, adapted)
         features.update(keys=keys, adapted=adapted, seconds=features["seconds"] + time.perf_counter() - start)
-    index = build_pool_index(store_url, features["keys"], cfg.data, cfg.index, cfg.seed)
+    index = build_pool_index(store_url, features["keys"], cfg.data, cfg.index, cfg.seed, features.get("adapted"),
+                             cfg.train.num_classes)  # fmt: skip
     return {"features": features, "index": index}
 
 

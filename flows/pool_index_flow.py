@@ -14,9 +14,10 @@ from prefect import flow, get_run_logger, unmapped
 from ecos_core.storage import layout
 from ecos_core.config import IndexConfig
 from ecos_core.storage.content import content_key
+from ecos_core.sampling.class_share import guess_setting
 from ecos_core.sampling.index import sample_rows, train_centroids
 from tasks import catalog
-from tasks.adapted import adapt_shard, adapted_space, check_pool_for_adapted
+from tasks.adapted import adapt_shard, adapted_space, check_pool_for_adapted, class_reference
 from tasks.features import backbone_spec
 from tasks.pool import require_pool
 from tasks.pool_index import assign_shard, embed_shard, sample_features, save_pool_index
@@ -43,8 +44,9 @@ def _index_shards(pool_url: str, store_url: str, index: IndexConfig, seed: int, 
     features_s = time.perf_counter() - start
     # the catalog's ids and domains too: members.parquet names them, and the same pixels
     # may be listed under other ids in another pool
+    guesses = () if adapted is None else guess_setting(classes, index.off_task_domains)
     key = content_key("pool-index-v2", keys, pool.ids, pool.domains, index.k, index.niter, index.nredo, seed,
-                      index.points_per_centroid)  # fmt: skip
+                      index.points_per_centroid, *guesses)  # fmt: skip
     store = catalog.store(store_url)
     features = {"shards": len(shards), "embedded_now": len(computed), "images_embedded": sum(e["n"] for e in computed),
                 "seconds": features_s, "backbone": spec.model_dump(mode="json"), "adapted": adapted,
@@ -56,7 +58,9 @@ def _index_shards(pool_url: str, store_url: str, index: IndexConfig, seed: int, 
     sample = sample_features(store_url, keys, sample_rows(sizes, index.k * index.points_per_centroid, seed))
     centroids = train_centroids(sample, index.k, seed, index.niter, index.nredo)
     kmeans_s = time.perf_counter() - start
-    assigned = [f.result() for f in assign_shard.map(store_url, keys, unmapped(centroids))]
+    # the class vote's reference (a few thousand rows) goes to every shard's assignment
+    reference = None if adapted is None else class_reference(store_url, pool_url, None, index, classes, seed, adapted)
+    assigned = [f.result() for f in assign_shard.map(store_url, keys, unmapped(centroids), unmapped(reference))]
     meta = save_pool_index(store_url, key, pool, centroids, assigned, dict(zip(shards, keys)))
     meta.update(pool=pool_url, kmeans_points=len(sample), seconds=time.perf_counter() - start, kmeans_seconds=kmeans_s)
     store.write_json(layout.index_part(key, "meta.json"), meta)  # written last: marks the index complete

@@ -101,6 +101,17 @@ def load_adapted(store_url: str, ref: dict | None):  # noqa: ANN201 - AdaptedSpa
     return None if ref is None else _load(store_url, ref["key"], ref["sha256"])
 
 
+def class_reference(store_url: str, pool_url: str | None, data: DataConfig | None, index: IndexConfig, classes: int,
+                    seed: int, ref: dict) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """What the cloud's class vote reads (class_balance): the annotated pool images that
+    trained the space, as (their adapted features, the annotators' answers; `classes` = none)."""
+    from ecos_core.embedding.adapted_space import annotator_labels
+
+    _, labels, domains, rows, _, images = _annotated(pool_url, data, index, seed)
+    answers = annotator_labels(labels[rows], domains[rows], index.off_task_domains, classes)
+    return load_adapted(store_url, ref).embed(images()), answers
+
+
 def combined_key(backbone_path: str, ref: dict) -> str:
     return content_key("combined-v1", backbone_path, ref["sha256"])
 

@@ -12,22 +12,33 @@ from prefect import get_run_logger, task
 from ecos_core.storage import layout
 from ecos_core.config import DataConfig, IndexConfig
 from ecos_core.storage.content import content_key
+from ecos_core.sampling.class_share import combined_classes, guess_setting
 from ecos_core.sampling.index import PoolIndex, build_index
 from tasks import catalog
+from tasks.adapted import class_reference
 from tasks.common import STORAGE_RETRIES
 from tasks.features import features_of
 
 
 @task(name="build-index", **STORAGE_RETRIES)
-def build_pool_index(store_url: str, feature_keys: dict[str, str], data: DataConfig, index: IndexConfig, seed: int) -> dict:
+def build_pool_index(store_url: str, feature_keys: dict[str, str], data: DataConfig, index: IndexConfig, seed: int,
+                     adapted: dict | None = None, classes: int = 10) -> dict:  # fmt: skip
+    """KMeans over the built-in pool; in the combined space (`adapted`: the space's ref) also
+    the cloud's class guess of every pool image (classes.npy, what class_balance spends by)."""
     store = catalog.store(store_url)
     pool = catalog.split(data, seed)[2]
-    key = content_key(pool.ids, sorted(feature_keys.items()), index.k, index.niter, index.nredo, seed, "radii-v1")
+    guesses = () if adapted is None else guess_setting(classes, index.off_task_domains)
+    key = content_key(pool.ids, sorted(feature_keys.items()), index.k, index.niter, index.nredo, seed, "radii-v1",
+                      *guesses)  # fmt: skip
     start = time.perf_counter()
     if store.exists(layout.index_part(key, "meta.json")):
         get_run_logger().info("index %s found in the store: KMeans skipped", key)
         return store.read_json(layout.index_part(key, "meta.json"))
-    result = build_index(features_of(store_url, feature_keys, data, seed, pool.ids), index.k, seed, index.niter, index.nredo)
+    features = features_of(store_url, feature_keys, data, seed, pool.ids)
+    result = build_index(features, index.k, seed, index.niter, index.nredo)
+    if adapted is not None:
+        reference = class_reference(store_url, None, data, index, classes, seed, adapted)
+        store.write_npy(layout.index_part(key, "classes.npy"), combined_classes(features, *reference))
     store.write_npy(layout.index_part(key, "centroids.npy"), result.centroids)
     store.write_npy(layout.index_part(key, "assignments.npy"), result.assignments)
     store.write_npy(layout.index_part(key, "radii.npy"), result.radii)
@@ -50,3 +61,9 @@ def load_index(store_url: str, key: str) -> PoolIndex:
     """The built-in pool's index, assignments included (an ingested pool keeps them in members.parquet)."""
     centroids, radii = load_centroids(store_url, key)
     return PoolIndex(centroids, catalog.store(store_url).read_npy(layout.index_part(key, "assignments.npy")), radii)
+
+
+def load_classes(store_url: str, key: str) -> np.ndarray | None:
+    """The built-in pool's class guesses, in pool order (None: a backbone-space index)."""
+    store, path = catalog.store(store_url), layout.index_part(key, "classes.npy")
+    return store.read_npy(path) if store.exists(path) else None

@@ -16,13 +16,14 @@ from prefect import task
 from ecos_core.storage import layout
 from ecos_core.embedding.feature_space import BackboneSpec
 from ecos_core.storage.content import content_key
+from ecos_core.sampling.class_share import combined_classes
 from ecos_core.sampling.index import l2_normalize, nearest_with_distance, radii_of
 from ecos_core.pool.catalog import PoolCatalog
 from tasks import catalog
 from tasks.common import STORAGE_RETRIES
 from tasks.pool import read_shard
 
-MEMBER_COLUMNS = ("id", "shard", "row", "domain", "cluster", "distance")
+MEMBER_COLUMNS = ("id", "shard", "row", "domain", "cluster", "distance")  # and "class" in the combined space
 
 
 def shard_features_key(sha256: str, spec: BackboneSpec, device: str = "cpu") -> str:
@@ -68,9 +69,13 @@ def sample_features(store_url: str, keys: list[str], rows: list[np.ndarray]) -> 
 
 
 @task(name="assign-shard", **STORAGE_RETRIES)
-def assign_shard(store_url: str, key: str, centroids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(nearest centroid, distance) of every row of one shard."""
-    return nearest_with_distance(l2_normalize(catalog.store(store_url).read_npy(key)), centroids)
+def assign_shard(store_url: str, key: str, centroids: np.ndarray,
+                 reference: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, ...]:  # fmt: skip
+    """(nearest centroid, distance) of every row of one shard; in the combined space
+    (`reference`: tasks.adapted.class_reference) also the cloud's class guess of each row."""
+    features = catalog.store(store_url).read_npy(key)
+    nearest = nearest_with_distance(l2_normalize(features), centroids)
+    return nearest if reference is None else (*nearest, combined_classes(features, *reference))
 
 
 def save_pool_index(store_url: str, index_key: str, pool: PoolCatalog, centroids: np.ndarray,
@@ -82,8 +87,10 @@ def save_pool_index(store_url: str, index_key: str, pool: PoolCatalog, centroids
     nearest = np.concatenate([a[0] for a in assigned])
     distance = np.concatenate([a[1] for a in assigned])
     members = pool.table[["id", "shard", "row", "domain"]].assign(cluster=nearest, distance=distance)
+    if all(len(a) == 3 for a in assigned):  # the combined space: each image's class guess, for class_balance
+        members["class"] = np.concatenate([a[2] for a in assigned])
     buf = io.BytesIO()
-    members[list(MEMBER_COLUMNS)].to_parquet(buf, index=False)
+    members[[*MEMBER_COLUMNS, *(["class"] if "class" in members else [])]].to_parquet(buf, index=False)
     store = catalog.store(store_url)
     store.write_bytes(layout.index_part(index_key, "members.parquet"), buf.getvalue())
     store.write_npy(layout.index_part(index_key, "centroids.npy"), centroids)

@@ -4,11 +4,14 @@ sample), never the whole pool's."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import pandas as pd
 
 from ecos_core.storage import layout
 from ecos_core.config import RoundConfig
+from ecos_core.sampling.class_share import class_cluster_budgets, held_by_class, pick_by_class
 from ecos_core.sampling.samplers import ECOSSampler, KCenterSampler, RandomSampler, SamplingPool
 from tasks import catalog
 from tasks.pool_index import features_at, read_members
@@ -48,14 +51,37 @@ def select_from_pool(store_url: str, index_key: str, cfg: RoundConfig, method: s
         raise ValueError(f"scores must be {len(centroids)} finite numbers, got shape {scores.shape}")
     sizes = np.bincount(members["cluster"], minlength=len(centroids))
     share = rule.cluster_budgets(scores, sizes, budget, centroids)  # the hierarchy groups the index's centroids
+    if s.class_balance and "class" in members:  # the combined space's index holds the cloud's class guesses
+        per_class = class_cluster_budgets(share, scores, members["cluster"].to_numpy(), members["class"].to_numpy(),
+                                          cfg.train.num_classes, budget)  # fmt: skip
+
+        def pick(view: SamplingPool, needed: pd.DataFrame, batch: np.ndarray) -> np.ndarray:
+            guesses, wanted = needed["class"].to_numpy(np.int64), np.zeros_like(per_class)
+            wanted[batch] = per_class[batch]  # a capped cluster's sample may hold fewer of a class: no more than it has
+            return pick_by_class(view, guesses, np.minimum(wanted, held_by_class(view.assignments, guesses, *wanted.shape)))
+
+        picked = _in_batches(store_url, index_key, members, centroids, per_class.sum(axis=1), cfg.seed, pick)
+    else:
+        def pick(view: SamplingPool, needed: pd.DataFrame, batch: np.ndarray) -> np.ndarray:
+            return rule.pick(view, np.where(np.isin(np.arange(len(share)), batch), share, 0))
+
+        picked = _in_batches(store_url, index_key, members, centroids, share, cfg.seed, pick)
+    return members["id"].to_numpy(str)[picked]
+
+
+def _in_batches(store_url: str, index_key: str, members: pd.DataFrame, centroids: np.ndarray, wanted: np.ndarray,
+                seed: int, pick: Callable[[SamplingPool, pd.DataFrame, np.ndarray], np.ndarray]) -> np.ndarray:  # fmt: skip
+    """Sorted positions in `members` that `pick` chooses (rows of a view), reading the features
+    of the clusters `wanted` gives images to, a bounded batch of clusters at a time."""
+    sizes = np.bincount(members["cluster"], minlength=len(centroids))
     picked = []
-    for batch in cluster_batches(np.flatnonzero(share), sizes, MAX_ROWS_IN_MEMORY):
+    for batch in cluster_batches(np.flatnonzero(wanted), sizes, MAX_ROWS_IN_MEMORY):
         needed = members[members["cluster"].isin(batch)]  # index: positions in `members`
         if len(needed) > MAX_ROWS_IN_MEMORY:  # one cluster alone, larger than the cap
-            needed = needed.iloc[RandomSampler(cfg.seed).select_n(len(needed), max(MAX_ROWS_IN_MEMORY, int(share[batch].sum())))]
+            needed = needed.iloc[RandomSampler(seed).select_n(len(needed), max(MAX_ROWS_IN_MEMORY, int(wanted[batch].sum())))]
         view = SamplingPool(features_at(store_url, index_key, centroids.shape[1], needed), needed["cluster"].to_numpy(np.int64), centroids)
-        picked.append(needed.index.to_numpy()[rule.pick(view, np.where(np.isin(np.arange(len(share)), batch), share, 0))])
-    return members["id"].to_numpy(str)[np.sort(np.concatenate(picked))] if picked else np.zeros(0, dtype=str)
+        picked.append(needed.index.to_numpy()[pick(view, needed, batch)])
+    return np.sort(np.concatenate(picked)) if picked else np.zeros(0, dtype=np.int64)
 
 
 def cluster_batches(clusters: np.ndarray, sizes: np.ndarray, max_rows: int) -> list[np.ndarray]:

@@ -9,12 +9,13 @@ from prefect import task
 
 from ecos_core.storage import layout
 from ecos_core.config import RoundConfig
+from ecos_core.sampling.class_share import select_by_class
 from ecos_core.sampling.samplers import SamplingPool, make_sampler
 from tasks import catalog
 from tasks.common import STORAGE_RETRIES
 from tasks.features import features_of
 from tasks.pool_sampling import select_from_pool
-from tasks.index import load_index
+from tasks.index import load_classes, load_index
 from ecos_core.sampling.index import l2_normalize
 
 
@@ -47,7 +48,11 @@ def select_proxy_set(
         **(s.rule_params() if method in ("ecos", "oracle") else {}),
     )  # fmt: skip
     start = time.perf_counter()
-    picked = sampler.select(view, s.budget)
+    guesses = load_classes(store_url, index_key) if s.class_balance and method in ("ecos", "oracle") else None
+    if guesses is None:
+        picked = sampler.select(view, s.budget)
+    else:  # spent class by class (the combined space's index holds the cloud's class guesses)
+        picked = select_by_class(sampler, view, s.budget, guesses, cfg.train.num_classes)  # type: ignore[arg-type]
     return _save(store_url, round_id, client_id, method, pool.ids[picked], time.perf_counter() - start, s.budget)
 
 

@@ -35,11 +35,14 @@ def test_each_class_gets_an_equal_share_kept_clusters_first():
     # cluster 0 (kept) holds only class 0; cluster 1 (not kept, higher score) and 2 hold class 1
     assignments = np.array([0] * 10 + [1] * 10 + [2] * 10)
     predicted = np.array([0] * 10 + [1] * 10 + [1] * 5 + [2] * 5)  # class 2 = "none"
-    out = class_cluster_budgets(np.array([10, 0, 0]), np.array([50.0, 3.0, 1.0]), assignments, predicted, 2, 12)
+    out = class_cluster_budgets(np.array([12, 0, 0]), np.array([50.0, 3.0, 1.0]), assignments, predicted, 2, 12)
     assert out.tolist() == [[6, 0], [0, 6], [0, 0]]
     # more budget than class 1 holds in cluster 1: the next cluster by score; class 0 takes what is left
-    out = class_cluster_budgets(np.array([10, 0, 0]), np.array([50.0, 3.0, 1.0]), assignments, predicted, 2, 40)
+    out = class_cluster_budgets(np.array([40, 0, 0]), np.array([50.0, 3.0, 1.0]), assignments, predicted, 2, 40)
     assert out.tolist() == [[10, 0], [0, 10], [0, 5]]  # every on-task image once; "none" never
+    # never more than the rule spends: it kept 8 of 12, or nothing ("stop": the rest stays unspent)
+    assert class_cluster_budgets(np.array([8, 0, 0]), np.array([50.0, 3.0, 1.0]), assignments, predicted, 2, 12).sum() == 8
+    assert class_cluster_budgets(np.zeros(3), np.array([0.1, 0.2, 0.3]), assignments, predicted, 2, 12).sum() == 0
 
 
 def test_pick_by_class_takes_distinct_rows_of_the_asked_cluster_and_class():
@@ -66,10 +69,15 @@ def test_annotated_pool_classes_reads_none_for_off_task_domains():
     assert (pred == np.where(domains == "letters", 2, y)).all()
 
 
-def test_class_balance_enters_the_grid_key_only_when_set():
-    base = GridSpec()
-    assert "class_balance" not in base.setting()
-    assert grid_key(GridSpec(class_balance=False)) == grid_key(base) != grid_key(GridSpec(class_balance=True))
+def test_class_balance_is_the_default_and_old_cells_keep_their_key():
+    """On by default; off, it stays out of the key (the cells stored before it existed are
+    found); in the backbone's space it changes nothing, so it never enters that key."""
+    assert GridSpec().class_balance and GridSpec().setting()["class_balance"] is True
+    assert "class_balance" not in GridSpec(class_balance=False).setting()
+    assert grid_key(GridSpec(class_balance=False)) != grid_key(GridSpec())
+    backbone = GridSpec(feature_space="backbone")
+    assert "class_balance" not in backbone.setting()
+    assert grid_key(backbone) == grid_key(GridSpec(feature_space="backbone", class_balance=False))
 
 
 def test_bench_cells_with_class_balance_run_for_ecos_and_the_oracle():

@@ -262,3 +262,34 @@ def test_a_rerun_keeps_the_published_index_and_writes_invitations_a_crash_left_o
     assert published_index("t-round-1", again, "grown-pool-index", True) == (source["index_key"], source["adapted"])
     with pytest.raises(ValueError, match=r"this run built another-index \(the config changed since\); start a new round id"):
         published_index("t-round-1", again, "another-index", False)
+
+
+def test_the_round_spends_its_budget_class_by_class(first_round, store_url):
+    """class_balance (the default): the combined space's index holds the cloud's class guess of
+    every pool image; ECOS and the Oracle never pick an image guessed "none", the plain rule does."""
+    import numpy as np
+
+    from flows.index_flow import index_flow
+    from tasks import catalog
+    from tasks.index import load_classes
+    from tasks.sampling import select_proxy_set
+
+    store = Store(store_url)
+    indexed = index_flow(TINY, store_url)
+    keys, index_key = indexed["features"]["keys"], indexed["index"]["key"]
+    guesses, pool = load_classes(store_url, index_key), catalog.split(TINY.data, TINY.seed)[2]
+    assert guesses is not None and guesses.shape == (len(pool),) and set(guesses) <= set(range(11))
+    where = pd.Index(pool.ids)
+    for method in ("ecos", "oracle"):
+        picked = store.read_npy(layout.selection("t-round-1", "client-0", method))
+        assert (guesses[where.get_indexer(picked)] < 10).all(), method
+    every = [50.0] * TINY.index.k  # every cluster kept: the plain rule samples the off-task animals too
+    plain = TINY.model_copy(update={"sampling": TINY.sampling.model_copy(update={"class_balance": False})})
+    chosen = {}
+    for name, cfg in (("balanced", TINY), ("plain", plain)):
+        out = select_proxy_set.fn(store_url, cfg, keys, index_key, "t-class", "client-0", "ecos", every)
+        assert out["size"] == TINY.sampling.budget
+        chosen[name] = guesses[where.get_indexer(store.read_npy(out["key"]))]
+    assert (chosen["balanced"] < 10).all() and (chosen["plain"] == 10).any()
+    alone = TINY.model_copy(update={"index": TINY.index.model_copy(update={"feature_space": "backbone"})})
+    assert load_classes(store_url, index_flow(alone, store_url)["index"]["key"]) is None  # no guesses: the plain rule

@@ -15,7 +15,7 @@ from ecos_core.embedding.features import embed
 from ecos_core.sampling.index import build_index
 from ecos_core.pool import layout
 from ecos_core.pool.shards import ShardIntegrityError
-from ecos_core.sampling.samplers import ECOSSampler, KCenterSampler, SamplingPool
+from ecos_core.sampling.samplers import ECOSSampler, KCenterSampler, SamplingPool, ScoredSampler
 
 # 10 × 256 sample points ≥ the pool: KMeans sees every point; the backbone's space, which the
 # bit-identity tests below rebuild in memory (the combined space has its own test)
@@ -86,9 +86,12 @@ def test_the_combined_space_on_dask_is_the_one_computed_in_memory(pool_url, inde
     from ecos_core.embedding.adapted_space import combined
     from flows.pool_index_flow import pool_index_flow
     from tasks import catalog
-    from tasks.adapted import load_adapted
+    from ecos_core.sampling.class_share import combined_classes, select_by_class
+    from ecos_core.sampling.index import l2_normalize
+    from tasks.adapted import class_reference, load_adapted
     from tasks.pool import read_shard
     from tasks.pool_index import read_members
+    from tasks.pool_sampling import select_from_pool
 
     store_url, plain = indexed
     cfg = INDEX.model_copy(update={"feature_space": "combined", "adapted_size": 400, "adapted_steps": 10})
@@ -106,6 +109,25 @@ def test_the_combined_space_on_dask_is_the_one_computed_in_memory(pool_url, inde
     assert np.array_equal(store.read_npy(store_layout.index_part(out["index"]["key"], "centroids.npy")), ref.centroids)
     members = read_members(store_url, out["index"]["key"]).set_index("id").loc[pool.ids]
     assert np.array_equal(members["cluster"].to_numpy(), ref.assignments)
+    # the cloud's class guesses: the annotated rows' kNN vote in the adapted half, as in memory
+    reference = class_reference(store_url, pool_url, None, cfg, 10, 0, out["features"]["adapted"])
+    guesses = combined_classes(expected, *reference)
+    assert np.array_equal(members["class"].to_numpy(), guesses)
+    assert (guesses[pool.domains == "animal"] == 10).mean() > 0.9  # off task: mostly "none"
+    # class_balance (the default) spends the Oracle's shares class by class, as select_by_class in memory
+    round_cfg = RoundConfig.model_validate({"data": {"pool": pool_url}, "index": cfg.model_dump(), "sampling": {"budget": 150}})
+    train, test = catalog.client_split(round_cfg.data, round_cfg.seed)
+    keep = ~np.isin(pool.ids, np.concatenate([train.ids, test.ids]))
+    view = SamplingPool(l2_normalize(expected)[keep], ref.assignments[keep], ref.centroids)
+    scores = np.bincount(ref.assignments[keep][pool.domains[keep] == "mnistm"], minlength=INDEX.k).astype(float)
+    oracle = ScoredSampler(ECOSSampler(sigma=0.0, seed=0, **round_cfg.sampling.rule_params()), scores)
+    picked = select_by_class(oracle, view, 150, guesses[keep], 10)
+    got = select_from_pool(store_url, out["index"]["key"], round_cfg, "oracle", scores)
+    assert list(got) == list(pool.ids[keep][picked]) and len(got) == 150
+    assert (guesses[keep][picked] < 10).all()  # "none" guesses are never picked
+    plain_rule = round_cfg.model_copy(update={"sampling": round_cfg.sampling.model_copy(update={"class_balance": False})})
+    unbalanced = select_from_pool(store_url, out["index"]["key"], plain_rule, "oracle", scores)
+    assert list(unbalanced) == list(pool.ids[keep][oracle.select(view, 150)]) != list(got)
     again = pool_index_flow(pool_url, store_url, cfg, seed=0, workers=2)
     assert again["features"]["adapted"] == out["features"]["adapted"] and again["index"]["key"] == out["index"]["key"]
 

@@ -30,10 +30,10 @@ ROW_FIELDS = ("client_domain", "regime", "budget", "sampler", "application", "se
 # an option keeps every finished cell.
 _KEYED_WHEN_SET = ("pool_data", "distractor_domains", "backbone", "model_url", "model_sha256", "adapted_size",
                    "adapted_width", "label_groups", "label_sigma", "label_min_sigmas",
-                   "annotator_feedback", "two_stage_share", "two_stage_group_size", "class_balance")  # fmt: skip
+                   "annotator_feedback", "two_stage_share", "two_stage_group_size")  # fmt: skip
 # Options whose first value is not their default: they stay out of the key at that value,
 # so the cells stored before the option existed are still found.
-_LEGACY = {"feature_space": "backbone", "client_labeler": "knn"}
+_LEGACY = {"feature_space": "backbone", "client_labeler": "knn", "class_balance": False}
 # The cluster hierarchy came after cells were stored without it: its options enter the grid
 # key only while it is on (group_sizes not empty), so a grid that turns it off keeps its old
 # cells and a grid that turns it on never reuses cells computed without it.
@@ -117,9 +117,10 @@ class GridSpec(BaseModel):
     # groups; ε is both releases composed (equal to one release at σ). None: one stage
     two_stage_share: float | None = Field(None, gt=0, lt=1)
     two_stage_group_size: float = Field(20.0, gt=0)
-    # spend ECOS's cluster shares class by class, by the cloud's kNN class prediction on pool images
-    # (ecos_core.sampling.class_share; "none" never picked): for OoD, where the covered clusters miss classes
-    class_balance: bool = False
+    # spend ECOS's (and the Oracle's) cluster shares class by class, by the cloud's kNN class guess of each
+    # pool image in the adapted space (ecos_core.sampling.class_share; "none" never picked): for OoD, where
+    # the covered clusters miss classes. As rounds: only in the combined space (the backbone's has no guesses)
+    class_balance: bool = True
 
     @field_validator("client_domains", "samplers", "applications", "regimes", "budgets", "seeds", "sigmas",
                      "distractor_domains", mode="before")  # fmt: skip
@@ -206,6 +207,8 @@ class GridSpec(BaseModel):
         unset |= {n for n, legacy in _LEGACY.items() if getattr(self, n) == legacy}
         if not self.group_sizes:
             unset |= set(_HIERARCHY_OPTIONS)
+        if self.feature_space == "backbone":  # no class guesses there: the option changes nothing
+            unset.add("class_balance")
         setting = self.model_dump(mode="json", exclude=axes | unset)
         return setting if not self.group_sizes else {**setting, "group_estimator": ESTIMATOR}
 

@@ -220,7 +220,7 @@ class BenchContext:
         score_s = time.perf_counter() - start
         per_image = self._embed_s.get((client_domain, seed), float("nan"))
         predicted = None
-        if spec.class_balance:  # the annotated pool images' kNN vote in the space they trained
+        if spec.class_balance and spec.feature_space == "combined":  # the annotated images' kNN vote in their space
             predicted = annotated_pool_classes(pool, label_pool, spec.adapted_size, tuple(spec.distractor_domains),
                                                spec.train.num_classes, seed)  # fmt: skip
         setup = Setup(train, test, pool, train_f, l2_normalize(pool_f), index, counts,

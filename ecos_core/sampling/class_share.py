@@ -18,14 +18,22 @@ from __future__ import annotations
 
 import numpy as np
 
-from ecos_core.embedding.adapted_space import annotated_rows, annotator_labels
+from ecos_core.embedding.adapted_space import EMBED_DIM, annotated_rows, annotator_labels
 from ecos_core.labeling.private_knn import knn_votes
 from ecos_core.sampling.kcenter import kcenter_greedy
 from ecos_core.sampling.samplers import SamplingPool, ScoredSampler, allocate_budget
 from ecos_core.types import ImageSet
 
 
-def knn_classes(features: np.ndarray, ref: np.ndarray, ref_labels: np.ndarray, k: int = 10) -> np.ndarray:
+CLASS_KNN = 10  # neighbours in the class vote (the benchmark's; rounds key their indexes by it)
+
+
+def guess_setting(classes: int, off_task: tuple[str, ...]) -> tuple:
+    """What an index's class guesses depend on beyond its features: part of its content key."""
+    return ("classes", CLASS_KNN, classes, list(off_task))
+
+
+def knn_classes(features: np.ndarray, ref: np.ndarray, ref_labels: np.ndarray, k: int = CLASS_KNN) -> np.ndarray:
     """(N,) majority label of each row's k nearest `ref` rows (cosine, faiss's exact search, as
     Private-kNN's votes); ties to the lower label."""
     ref_labels = np.asarray(ref_labels, dtype=np.int64)
@@ -35,19 +43,37 @@ def knn_classes(features: np.ndarray, ref: np.ndarray, ref_labels: np.ndarray, k
     return knn_votes(features, ref, ref_labels, min(k, len(ref)), classes).argmax(axis=1).astype(np.int64)
 
 
+def combined_classes(features: np.ndarray, ref: np.ndarray, ref_labels: np.ndarray, k: int = CLASS_KNN) -> np.ndarray:
+    """knn_classes of combined-space rows (ecos_core.embedding.adapted_space.combined) against
+    the annotated images' adapted features: the vote reads only the adapted half, whose
+    cosine is the adapted space's own."""
+    features = np.asarray(features, dtype=np.float32)
+    if features.ndim != 2 or features.shape[1] <= EMBED_DIM:
+        raise ValueError(f"combined features must have more than {EMBED_DIM} columns, got shape {features.shape}")
+    return knn_classes(np.ascontiguousarray(features[:, -EMBED_DIM:]), ref, ref_labels, k)
+
+
+def held_by_class(assignments: np.ndarray, predicted: np.ndarray, k: int, classes: int) -> np.ndarray:
+    """(k, classes) images each cluster holds of each guessed class ("none" not counted)."""
+    on_task = np.asarray(predicted) < classes
+    held = np.zeros((k, classes), dtype=np.int64)
+    np.add.at(held, (np.asarray(assignments)[on_task], np.asarray(predicted)[on_task]), 1)
+    return held
+
+
 def class_cluster_budgets(cluster_share: np.ndarray, scores: np.ndarray, assignments: np.ndarray,
                           predicted: np.ndarray, classes: int, budget: int) -> np.ndarray:  # fmt: skip
     """(K, classes) images to take from each cluster for each predicted class.
 
-    `cluster_share` is the ECOS rule's share per cluster (its kept clusters: > 0); labels
-    >= `classes` (none) are never taken. Each class gets an equal part of the budget (water-
+    `cluster_share` is the ECOS rule's share per cluster (its kept clusters: > 0), and its sum
+    the most that is spent; labels >= `classes` (none) are never taken. Each class gets an
+    equal part of it (water-
     filled under what the pool holds of it); inside a class, the kept clusters first, in
     proportion to share × the cluster's fraction of that class, then the other clusters in
     descending score order."""
     k = len(scores)
-    on_task = predicted < classes
-    held = np.zeros((k, classes), dtype=np.int64)
-    np.add.at(held, (assignments[on_task], predicted[on_task]), 1)
+    budget = min(budget, int(np.sum(cluster_share)))  # never more than the rule spends: "stop" stays unspent
+    held = held_by_class(assignments, predicted, k, classes)
     sizes = np.maximum(np.bincount(assignments, minlength=k), 1)
     per_class = allocate_budget(np.ones(classes), held.sum(axis=0), budget)
     out = np.zeros((k, classes), dtype=np.int64)
