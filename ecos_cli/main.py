@@ -45,7 +45,8 @@ StoreOpt = typer.Option(None, "--store", help="Artifact store URL (folder or s3:
 
 FLAGS = {"data.client_domain": "--client-domain", "data.regime": "--regime", "sampling.budget": "--budget", "index.k": "--k",
          "sigma": "--sigma", "seed": "--seed", "clients": "--clients", "data.pool": "--pool", "data.client": "--client-data",
-         "dask.address": "--dask-address", "dask.workers": "--workers", **BACKBONE_FLAGS}  # fmt: skip
+         "dask.address": "--dask-address", "dask.workers": "--workers", "sampling.class_balance": "--class-balance",
+         **BACKBONE_FLAGS}  # fmt: skip
 
 
 def _round_config(config: Optional[Path], overrides: dict):  # noqa: ANN202
@@ -107,6 +108,9 @@ def run(
     backbone: Optional[str] = BackboneOpt, model_url: Optional[str] = ModelUrlOpt,
     model_sha256: Optional[str] = ModelShaOpt, feature_dim: Optional[int] = FeatureDimOpt,
     feature_space: Optional[str] = FeatureSpaceOpt,
+    class_balance: Optional[bool] = typer.Option(
+        None, "--class-balance/--no-class-balance", help="Spend the budget class by class, by the cloud's guess of "
+        "each pool image's class (default on; the combined feature space only): for a client whose domain the pool lacks."),
 ) -> None:
     """The main job: one full ECOS round on the built-in pool with a simulated client process;
     prints ECOS vs Random, K-Center, Oracle and Local, and writes the report to the store."""
@@ -114,7 +118,7 @@ def run(
                                  "index.k": k, "sigma": sigma, "seed": seed,
                                  "clients": [f"client-{i}" for i in range(clients)] if clients is not None else None,
                                  "data.pool": pool, "data.client": client_data, "dask.address": dask_address,
-                                 "dask.workers": workers,
+                                 "dask.workers": workers, "sampling.class_balance": class_balance,
                                  **backbone_overrides(backbone, model_url, model_sha256, feature_dim, feature_space)})  # fmt: skip
     opened = _open_store(store, check=True)  # before the heavy imports: a bad store fails at once
     from ecos_cli.interrupt import stop_cleanly

@@ -162,7 +162,8 @@ class SamplingConfig(BaseModel):
     # spend ECOS's (and the Oracle's) cluster shares class by class, by the cloud's kNN class guess of
     # each pool image in the combined space (ecos_core.sampling.class_share; "none" never picked):
     # for clients whose domain the pool lacks. A backbone-space index has no guesses: the plain rule
-    class_balance: bool = True
+    class_balance: bool = Field(True, description="spend the budget class by class, by the cloud's class guess of each "
+                                "pool image (combined feature space only; for clients whose domain the pool lacks)")
     # K-Center on an ingested pool runs over a seeded uniform sample of this many images
     # (O(N·B) over millions is hours); a smaller pool is used whole, exactly as before
     kcenter_sample: int = Field(50_000, ge=1)

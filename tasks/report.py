@@ -149,7 +149,9 @@ def write_report(
         "## Time per step (s)", markdown_table(step_table, ".1f"),
         f"Feature space: {cfg.index.backbone}"
         + (" beside a CNN trained on annotated pool images, shipped in the probe" if cfg.index.feature_space == "combined" else "")
-        + f" ({probe['dim']}-d). Feature cache: {'hit for ' + ', '.join(cache_hits) if cache_hits else 'all computed'}.",
+        + f" ({probe['dim']}-d). Feature cache: {'hit for ' + ', '.join(cache_hits) if cache_hits else 'all computed'}."
+        + (" ECOS and the Oracle spent their cluster shares class by class, by the cloud's guess of each pool image's "
+           "class from its annotated images (no client data, no extra ε)." if _class_balanced(cfg) else ""),
         "![results](results.png)",
     ])  # fmt: skip
     keys = {"results_csv": "results.csv", "results_md": "results.md", "report": "report.md", "plot": "results.png"}
@@ -167,3 +169,8 @@ def write_report(
     create_markdown_artifact(md, key=artifact_key(round_id, "report"), description=f"ECOS round {round_id}")
     return {"results": results.to_dict(orient="records"), "steps": steps, "domains": domain_rows,
             "report_uri": store.uri(layout.round_key(round_id, keys["report"])), "manifest": manifest}  # fmt: skip
+
+
+def _class_balanced(cfg: RoundConfig) -> bool:
+    """Only the combined space's index holds class guesses (tasks.index.load_classes)."""
+    return cfg.sampling.class_balance and cfg.index.feature_space == "combined"

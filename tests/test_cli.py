@@ -152,3 +152,14 @@ def test_ctrl_c_stops_a_run_within_seconds_and_a_rerun_resumes_it(tmp_path):
     assert again.returncode == 0, again.stderr[-2000:]
     assert not (store / "rounds" / "r-int" / "INTERRUPTED.json").exists()
     assert (store / "rounds" / "r-int" / "report.md").exists()
+
+
+def test_class_balance_is_on_by_default_and_the_flag_turns_it_off(tmp_path):
+    from ecos_cli.main import _round_config
+
+    assert _round_config(None, {"sampling.class_balance": None}).sampling.class_balance
+    cfg_file = tmp_path / "round.json"
+    cfg_file.write_text('{"sampling": {"class_balance": true, "budget": 500}}')
+    cfg = _round_config(cfg_file, {"sampling.class_balance": False})  # the flag over the file
+    assert not cfg.sampling.class_balance and cfg.sampling.budget == 500
+    assert "--no-class-balance" in runner.invoke(app, ["run", "--help"], env={"COLUMNS": "200"}).output
