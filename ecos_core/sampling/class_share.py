@@ -10,8 +10,9 @@ budget is spent class by class: each predicted class gets an equal share, drawn 
 clusters ECOS kept in proportion to their weight, then, where those clusters hold too few
 images of the class, from the other clusters in descending noisy score. Images predicted
 "none" are never picked. Post-processing of the released scores and of the cloud's own
-annotations: no extra ε. Measured (OoD, 3 clients × 3 seeds, σ=6.1): ECOS 66.8% against
-55.6% without it and Random's 51.9%; on the ID+OoD grid 96.5% against 96.6%.
+annotations: no extra ε. Measured with today's defaults (OoD, 3 clients × 3 seeds, σ=6.1):
+ECOS 66.5% against 56.9% without it and Random's 51.9%; ID+OoD 96.4% against 96.6%; the
+100-sample client (σ=3.9) 96.2% against 94.6% (docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -67,10 +68,9 @@ def class_cluster_budgets(cluster_share: np.ndarray, scores: np.ndarray, assignm
 
     `cluster_share` is the ECOS rule's share per cluster (its kept clusters: > 0), and its sum
     the most that is spent; labels >= `classes` (none) are never taken. Each class gets an
-    equal part of it (water-
-    filled under what the pool holds of it); inside a class, the kept clusters first, in
-    proportion to share × the cluster's fraction of that class, then the other clusters in
-    descending score order."""
+    equal part of it (water-filled under what the pool holds of it); inside a class, the
+    kept clusters first, in proportion to share × the cluster's fraction of that class, then
+    the other clusters in descending score order."""
     k = len(scores)
     budget = min(budget, int(np.sum(cluster_share)))  # never more than the rule spends: "stop" stays unspent
     held = held_by_class(assignments, predicted, k, classes)
