@@ -1,4 +1,5 @@
-"""`--backbone`, the user model's flags and `--feature-space`, shared by `ecos run` and
+"""`--backbone`, the user model's flags, `--feature-space` (and `--class-balance`, which needs
+its combined space), shared by `ecos run` and
 `ecos index`: the feature space (see ecos_core.config.IndexConfig), validated with the rest
 of the config."""
 
@@ -21,6 +22,10 @@ FeatureDimOpt = typer.Option(None, "--feature-dim", help="With --backbone onnx: 
 FeatureSpaceOpt = typer.Option(None, "--feature-space", help="combined (default): the backbone's features beside a small "
                                                              "CNN trained on annotated pool images, shipped in the probe; "
                                                              "backbone: its features alone.")  # fmt: skip
+
+ClassBalanceOpt = typer.Option(None, "--class-balance/--no-class-balance", help="Spend the budget class by class, by the "
+                               "cloud's guess of each pool image's class (default on; the combined feature space only): "
+                               "for a client whose domain the pool lacks.")  # fmt: skip
 
 
 def backbone_overrides(backbone: Optional[str], model_url: Optional[str], model_sha256: Optional[str],

@@ -18,10 +18,8 @@ app = typer.Typer(help="ECOS: train edge models on a proxy set picked from a pub
                   no_args_is_help=True, add_completion=False)  # fmt: skip
 client_app = typer.Typer(help="Edge-client commands: run on the device; need no Prefect and no cloud credentials.",
                          no_args_is_help=True)  # fmt: skip
-privacy_app = typer.Typer(help="Privacy accounting (dp-accounting) for the noisy coverage scores.", no_args_is_help=True)
 data_app = typer.Typer(help="The built-in multi-domain digits pool and user datasets.", no_args_is_help=True)
 app.add_typer(client_app, name="client")
-app.add_typer(privacy_app, name="privacy")
 app.add_typer(data_app, name="data")
 clients_app = typer.Typer(help="Cloud side: enroll devices (a per-client signing key and privacy budget).", no_args_is_help=True)
 app.add_typer(clients_app, name="clients")
@@ -29,10 +27,13 @@ from ecos_cli.infra import infra_app  # noqa: E402 (light: imports infra lazily)
 
 app.add_typer(infra_app, name="infra")
 from ecos_cli.bench import bench_app  # noqa: E402
+from ecos_cli.privacy import privacy_app  # noqa: E402
+
 app.add_typer(bench_app, name="bench")
+app.add_typer(privacy_app, name="privacy")
 from ecos_cli.pool import DaskAddressOpt, WorkersOpt, pool_app  # noqa: E402
 from ecos_cli.backbone import (BACKBONE_FLAGS, BackboneOpt, FeatureDimOpt, FeatureSpaceOpt, ModelShaOpt,  # noqa: E402
-                               ModelUrlOpt, backbone_overrides, name_user_model_flags)
+                               ModelUrlOpt, ClassBalanceOpt, backbone_overrides, name_user_model_flags)
 
 app.add_typer(pool_app, name="pool")
 PoolOpt = typer.Option(None, "--pool", help="Your pool: an ingested pool's URL, a manifest or an image folder "
@@ -108,9 +109,7 @@ def run(
     backbone: Optional[str] = BackboneOpt, model_url: Optional[str] = ModelUrlOpt,
     model_sha256: Optional[str] = ModelShaOpt, feature_dim: Optional[int] = FeatureDimOpt,
     feature_space: Optional[str] = FeatureSpaceOpt,
-    class_balance: Optional[bool] = typer.Option(
-        None, "--class-balance/--no-class-balance", help="Spend the budget class by class, by the cloud's guess of "
-        "each pool image's class (default on; the combined feature space only): for a client whose domain the pool lacks."),
+    class_balance: Optional[bool] = ClassBalanceOpt,
 ) -> None:
     """The main job: one full ECOS round on the built-in pool with a simulated client process;
     prints ECOS vs Random, K-Center, Oracle and Local, and writes the report to the store."""
@@ -282,36 +281,6 @@ def clients_list(store: Optional[str] = StoreOpt) -> None:
 
     for client_id in enrolled_clients(_open_store(store)):
         typer.echo(client_id)
-
-
-@privacy_app.command("epsilon")
-def privacy_epsilon(
-    sigma: float = typer.Option(..., help="Noise std of each score."),
-    delta: float = typer.Option(1e-5, help="δ."),
-    rounds: int = typer.Option(1, help="Responses composed (rounds answered by one client)."),
-    accountant: str = typer.Option("pld", help="pld or rdp."),
-) -> None:
-    """ε of the noisy coverage scores at δ, composed over rounds."""
-    from ecos_core.privacy.accounting import gaussian_epsilon
-
-    typer.echo(f"{gaussian_epsilon(sigma, delta, rounds, accountant=accountant):.4f}")
-
-
-@privacy_app.command("sigma")
-def privacy_sigma(
-    epsilon: float = typer.Option(..., help="Target ε."),
-    delta: float = typer.Option(1e-5, help="δ."),
-    rounds: int = typer.Option(1, help="Responses composed."),
-) -> None:
-    """The smallest σ whose ε (PLD) is at most the target."""
-    from ecos_core.privacy.accounting import sigma_for_epsilon
-
-    if not epsilon > 0:
-        raise ValueError(f"--epsilon must be > 0 (got {epsilon}): no finite noise gives ε = 0")
-    if not 0 < delta < 1:
-        raise ValueError(f"--delta must be in (0, 1) (got {delta})")
-
-    typer.echo(f"{sigma_for_epsilon(epsilon, delta, rounds):.4f}")
 
 
 @data_app.command("list")

@@ -159,7 +159,9 @@ RETRYABLE_HTTP = frozenset({408, 429, 502, 503})
 def _http(
     url: str, method: str = "GET", body: dict | None = None, timeout: float = 3.0, retries: int = 6
 ) -> tuple[int, bytes]:
-    """One JSON request; retryable answers are retried with backoff (0.5 s doubling, ≈ 30 s in all)."""
+    """One JSON request; retryable answers are retried with backoff (0.5 s doubling, ≈ 30 s in
+    all; a Retry-After in seconds, up to 10, is honoured). POSTs that create something should
+    carry an idempotency key: a 502/408 may come after the server acted."""
     data = json.dumps(body).encode() if body is not None else None
     for attempt in range(retries + 1):
         req = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
@@ -167,10 +169,10 @@ def _http(
             with urllib.request.urlopen(req, timeout=timeout) as r:
                 return r.status, r.read()
         except urllib.error.HTTPError as err:
-            status, payload = err.code, err.read()
+            status, payload, after = err.code, err.read(), err.headers.get("Retry-After", "")
         if status not in RETRYABLE_HTTP or attempt == retries:
             return status, payload
-        time.sleep(0.5 * 2**attempt)
+        time.sleep(min(float(after), 10.0) if after.replace(".", "", 1).isdigit() else 0.5 * 2**attempt)
     raise AssertionError("unreachable")
 
 

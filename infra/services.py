@@ -114,7 +114,7 @@ def _start_s3(cfg: Config) -> Record:
     # Ready once the port answers HTTP at all (an unsigned request gets a 4xx).
     rec.ready_s = _wait_ready(
         rec,
-        lambda: _http(cfg.s3_url + "/", timeout=1.0)[0] > 0,
+        lambda: _http(cfg.s3_url + "/", timeout=1.0, retries=0)[0] > 0,
         S3_READY_TIMEOUT,
         f"S3 server (rclone) on port {cfg.s3_port}",
     )

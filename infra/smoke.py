@@ -157,7 +157,7 @@ def main() -> int:
         cfg = deployment["parameters"]["cfg"]  # type: ignore[index]
         cfg["data"]["pool"] = pool_url  # as a person edits the typed cfg parameter in the UI
         created = _api(env, f"/deployments/{deployment['id']}/create_flow_run",  # type: ignore[index]
-                       {"parameters": {"round_id": round_id, "cfg": cfg}})  # fmt: skip
+                       {"parameters": {"round_id": round_id, "cfg": cfg}, "idempotency_key": round_id})  # retried: one run
         run_id = created["id"]  # type: ignore[index]
         nightly = _api(env, "/deployments/name/ecos-index/ecos-index-nightly")
         assert nightly["schedules"], "the index deployment has no schedule"  # type: ignore[index]

@@ -39,6 +39,17 @@ def retry_on_storage_errors(_task: object, _run: TaskRun, state: State) -> bool:
     return False
 
 
+def run_logger() -> logging.Logger | logging.LoggerAdapter:
+    """The run's logger (it reaches the UI); outside a run (a task's .fn called directly) a plain one."""
+    from prefect import get_run_logger
+    from prefect.exceptions import MissingContextError
+
+    try:
+        return get_run_logger()
+    except MissingContextError:
+        return logging.getLogger("ecos")
+
+
 STORAGE_RETRIES = dict(retries=3, retry_delay_seconds=[1, 2, 4], retry_condition_fn=retry_on_storage_errors)
 
 

@@ -44,7 +44,7 @@ def build_pool_index(store_url: str, feature_keys: dict[str, str], data: DataCon
     store.write_npy(layout.index_part(key, "radii.npy"), result.radii)
     sizes = result.cluster_sizes()
     meta = {"key": key, "k": result.k, "pool_size": len(pool), "seconds": time.perf_counter() - start,
-            "cluster_size_min": int(sizes.min()), "cluster_size_max": int(sizes.max())}  # fmt: skip
+            "cluster_size_min": int(sizes.min()), "cluster_size_max": int(sizes.max()), "class_guesses": bool(guesses)}  # fmt: skip
     store.write_json(layout.index_part(key, "meta.json"), meta)  # written last: marks the index complete
     return meta
 
@@ -61,6 +61,12 @@ def load_index(store_url: str, key: str) -> PoolIndex:
     """The built-in pool's index, assignments included (an ingested pool keeps them in members.parquet)."""
     centroids, radii = load_centroids(store_url, key)
     return PoolIndex(centroids, catalog.store(store_url).read_npy(layout.index_part(key, "assignments.npy")), radii)
+
+
+def has_class_guesses(store_url: str, key: str) -> bool:
+    """Whether an index (built-in or ingested pool) holds the cloud's class guesses: a
+    combined-space index built since they exist (an older one, kept by a re-run, does not)."""
+    return bool(catalog.store(store_url).read_json(layout.index_part(key, "meta.json")).get("class_guesses"))
 
 
 def load_classes(store_url: str, key: str) -> np.ndarray | None:

@@ -98,7 +98,7 @@ def save_pool_index(store_url: str, index_key: str, pool: PoolCatalog, centroids
     store.write_json(layout.index_part(index_key, "features.json"), feature_keys)
     sizes = np.bincount(nearest, minlength=len(centroids))
     return {"key": index_key, "k": len(centroids), "pool_size": len(pool), "cluster_size_min": int(sizes.min()),
-            "cluster_size_max": int(sizes.max())}  # fmt: skip
+            "cluster_size_max": int(sizes.max()), "class_guesses": "class" in members}  # fmt: skip
 
 
 def read_members(store_url: str, index_key: str, clusters: list[int] | None = None) -> pd.DataFrame:

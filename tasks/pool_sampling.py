@@ -11,7 +11,7 @@ import pandas as pd
 
 from ecos_core.storage import layout
 from ecos_core.config import RoundConfig
-from ecos_core.sampling.class_share import class_cluster_budgets, held_by_class, pick_by_class
+from ecos_core.sampling.class_share import class_cluster_budgets, pick_by_class
 from ecos_core.sampling.samplers import ECOSSampler, KCenterSampler, RandomSampler, SamplingPool
 from tasks import catalog
 from tasks.pool_index import features_at, read_members
@@ -56,11 +56,20 @@ def select_from_pool(store_url: str, index_key: str, cfg: RoundConfig, method: s
                                           cfg.train.num_classes, budget)  # fmt: skip
 
         def pick(view: SamplingPool, needed: pd.DataFrame, batch: np.ndarray) -> np.ndarray:
-            guesses, wanted = needed["class"].to_numpy(np.int64), np.zeros_like(per_class)
-            wanted[batch] = per_class[batch]  # a capped cluster's sample may hold fewer of a class: no more than it has
-            return pick_by_class(view, guesses, np.minimum(wanted, held_by_class(view.assignments, guesses, *wanted.shape)))
+            wanted = np.zeros_like(per_class)
+            wanted[batch] = per_class[batch]
+            return pick_by_class(view, needed["class"].to_numpy(np.int64), wanted)
 
-        picked = _in_batches(store_url, index_key, members, centroids, per_class.sum(axis=1), cfg.seed, pick)
+        def cap(needed: pd.DataFrame) -> pd.DataFrame:
+            """One capped cluster, sampled class by class: each class keeps at least its budget."""
+            cluster, part, kept = int(needed["cluster"].iloc[0]), MAX_ROWS_IN_MEMORY / len(needed), []
+            for label, group in needed.groupby("class", sort=True):
+                wanted_here = int(per_class[cluster, label]) if label < per_class.shape[1] else 0  # "none": 0
+                take = min(len(group), max(wanted_here, int(len(group) * part)))
+                kept.append(group.iloc[RandomSampler(cfg.seed).select_n(len(group), take)])
+            return pd.concat(kept).sort_index()
+
+        picked = _in_batches(store_url, index_key, members, centroids, per_class.sum(axis=1), cfg.seed, pick, cap)
     else:
         def pick(view: SamplingPool, needed: pd.DataFrame, batch: np.ndarray) -> np.ndarray:
             return rule.pick(view, np.where(np.isin(np.arange(len(share)), batch), share, 0))
@@ -69,15 +78,21 @@ def select_from_pool(store_url: str, index_key: str, cfg: RoundConfig, method: s
     return members["id"].to_numpy(str)[picked]
 
 
+Pick = Callable[[SamplingPool, pd.DataFrame, np.ndarray], np.ndarray]
+
+
 def _in_batches(store_url: str, index_key: str, members: pd.DataFrame, centroids: np.ndarray, wanted: np.ndarray,
-                seed: int, pick: Callable[[SamplingPool, pd.DataFrame, np.ndarray], np.ndarray]) -> np.ndarray:  # fmt: skip
+                seed: int, pick: Pick, cap: Callable[[pd.DataFrame], pd.DataFrame] | None = None) -> np.ndarray:  # fmt: skip
     """Sorted positions in `members` that `pick` chooses (rows of a view), reading the features
-    of the clusters `wanted` gives images to, a bounded batch of clusters at a time."""
+    of the clusters `wanted` gives images to, a bounded batch of clusters at a time. A cluster
+    larger than the cap is sampled down: by `cap`, else a seeded sample of at least its budget."""
     sizes = np.bincount(members["cluster"], minlength=len(centroids))
     picked = []
     for batch in cluster_batches(np.flatnonzero(wanted), sizes, MAX_ROWS_IN_MEMORY):
         needed = members[members["cluster"].isin(batch)]  # index: positions in `members`
-        if len(needed) > MAX_ROWS_IN_MEMORY:  # one cluster alone, larger than the cap
+        if len(needed) > MAX_ROWS_IN_MEMORY and cap is not None:  # one cluster alone, larger than the cap
+            needed = cap(needed)
+        elif len(needed) > MAX_ROWS_IN_MEMORY:
             needed = needed.iloc[RandomSampler(seed).select_n(len(needed), max(MAX_ROWS_IN_MEMORY, int(wanted[batch].sum())))]
         view = SamplingPool(features_at(store_url, index_key, centroids.shape[1], needed), needed["cluster"].to_numpy(np.int64), centroids)
         picked.append(needed.index.to_numpy()[pick(view, needed, batch)])

@@ -94,5 +94,5 @@ def published_index(round_id: str, probe: dict, built: str, ingested: bool) -> t
     pool cannot change unless the config did, and then the round's answers are meaningless."""
     if probe["index_key"] != built and not ingested:
         raise ValueError(f"round {round_id}: its probe was made from index {probe['index_key']}, this run built "
-                         f"{built} (the config changed since); start a new round id")  # fmt: skip
+                         f"{built} (the config, or ecos's index format, changed since); start a new round id")  # fmt: skip
     return probe["index_key"], probe["adapted"]

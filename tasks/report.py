@@ -151,7 +151,7 @@ def write_report(
         + (" beside a CNN trained on annotated pool images, shipped in the probe" if cfg.index.feature_space == "combined" else "")
         + f" ({probe['dim']}-d). Feature cache: {'hit for ' + ', '.join(cache_hits) if cache_hits else 'all computed'}."
         + (" ECOS and the Oracle spent their cluster shares class by class, by the cloud's guess of each pool image's "
-           "class from its annotated images (no client data, no extra ε)." if _class_balanced(cfg) else ""),
+           "class from its annotated images (no client data, no extra ε)." if _by_class(selections) else ""),
         "![results](results.png)",
     ])  # fmt: skip
     keys = {"results_csv": "results.csv", "results_md": "results.md", "report": "report.md", "plot": "results.png"}
@@ -171,6 +171,6 @@ def write_report(
             "report_uri": store.uri(layout.round_key(round_id, keys["report"])), "manifest": manifest}  # fmt: skip
 
 
-def _class_balanced(cfg: RoundConfig) -> bool:
-    """Only the combined space's index holds class guesses (tasks.index.load_classes)."""
-    return cfg.sampling.class_balance and cfg.index.feature_space == "combined"
+def _by_class(selections: list[dict]) -> bool:
+    """What the selections did (tasks.sampling), not what the config asked for."""
+    return any(s.get("by_class") for s in selections if s["method"] == "ecos")

@@ -260,7 +260,7 @@ def test_a_rerun_keeps_the_published_index_and_writes_invitations_a_crash_left_o
     assert {k: v for k, v in json.loads(before).items() if k != "probe_hmac_sha256"} == after
     assert verify(load_enrollment(store, "client-0").key_b64, store.read_bytes(layout.probe_json("t-round-1")), mac)
     assert published_index("t-round-1", again, "grown-pool-index", True) == (source["index_key"], source["adapted"])
-    with pytest.raises(ValueError, match=r"this run built another-index \(the config changed since\); start a new round id"):
+    with pytest.raises(ValueError, match=r"this run built another-index \(the config, or ecos's index format, changed since\); start a new round id"):
         published_index("t-round-1", again, "another-index", False)
 
 
@@ -272,6 +272,7 @@ def test_the_round_spends_its_budget_class_by_class(first_round, store_url):
     from flows.index_flow import index_flow
     from tasks import catalog
     from tasks.index import load_classes
+    from tasks.report import _by_class
     from tasks.sampling import select_proxy_set
 
     store = Store(store_url)
@@ -288,8 +289,17 @@ def test_the_round_spends_its_budget_class_by_class(first_round, store_url):
     chosen = {}
     for name, cfg in (("balanced", TINY), ("plain", plain)):
         out = select_proxy_set.fn(store_url, cfg, keys, index_key, "t-class", "client-0", "ecos", every)
-        assert out["size"] == TINY.sampling.budget
+        assert out["size"] == TINY.sampling.budget and out["by_class"] == (name == "balanced")
         chosen[name] = guesses[where.get_indexer(store.read_npy(out["key"]))]
     assert (chosen["balanced"] < 10).all() and (chosen["plain"] == 10).any()
+    # an index published before the guesses existed (a re-run keeps it): the plain rule, and it says so
+    for part in ("centroids.npy", "assignments.npy", "radii.npy"):
+        store.write_bytes(layout.index_part("t-old-index", part), store.read_bytes(layout.index_part(index_key, part)))
+    meta = store.read_json(layout.index_part(index_key, "meta.json"))
+    store.write_json(layout.index_part("t-old-index", "meta.json"), {k: v for k, v in meta.items() if k != "class_guesses"})
+    old = select_proxy_set.fn(store_url, TINY, keys, "t-old-index", "t-class", "client-0", "ecos", every)
+    assert not old["by_class"] and (guesses[where.get_indexer(store.read_npy(old["key"]))] == 10).any()
+    report = store.read_bytes(layout.round_key("t-round-1", "report.md")).decode()
+    assert "spent their cluster shares class by class" in report and not _by_class([old])  # what was done, not asked
     alone = TINY.model_copy(update={"index": TINY.index.model_copy(update={"feature_space": "backbone"})})
     assert load_classes(store_url, index_flow(alone, store_url)["index"]["key"]) is None  # no guesses: the plain rule

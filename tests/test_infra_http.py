@@ -27,6 +27,8 @@ class _Scripted(http.server.BaseHTTPRequestHandler):
         code = type(self).codes.pop(0) if type(self).codes else 200
         payload = json.dumps({"code": code}).encode()
         self.send_response(code)
+        if code == 429:
+            self.send_header("Retry-After", "0")  # honoured: no backoff wait
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(payload)))
         self.end_headers()
@@ -70,3 +72,12 @@ def test_gives_up_after_its_retries(server):
     assert len(_Scripted.bodies) == 2
     assert _http(f"{server}/health", retries=0)[0] == 503
     assert len(_Scripted.bodies) == 3
+
+
+def test_retry_after_is_honoured(server):
+    import time
+
+    _Scripted.codes = [429] * 4
+    start = time.monotonic()
+    assert _http(f"{server}/x", retries=4)[0] == 200 and len(_Scripted.bodies) == 5
+    assert time.monotonic() - start < 3.0  # the backoff alone would wait 0.5+1+2+4 s

@@ -132,6 +132,29 @@ def test_the_combined_space_on_dask_is_the_one_computed_in_memory(pool_url, inde
     assert again["features"]["adapted"] == out["features"]["adapted"] and again["index"]["key"] == out["index"]["key"]
 
 
+def test_a_capped_cluster_is_sampled_class_by_class_and_the_budget_is_spent(pool_url, indexed, monkeypatch):
+    """class_balance on an ingested pool with every cluster over the memory cap: each capped
+    cluster is sampled class by class (at least each class's budget), so nothing is left
+    unspent that the in-memory path would spend, and no guessed "none" is picked."""
+    from flows.pool_index_flow import pool_index_flow
+    from tasks import pool_sampling
+    from tasks.pool_index import read_members
+    from tasks.pool_sampling import select_from_pool
+
+    store_url, _ = indexed
+    cfg = INDEX.model_copy(update={"feature_space": "combined", "adapted_size": 400, "adapted_steps": 10})
+    key = pool_index_flow(pool_url, store_url, cfg, seed=0, workers=2)["index"]["key"]  # built by the test above
+    round_cfg = RoundConfig.model_validate({"data": {"pool": pool_url}, "index": cfg.model_dump(), "sampling": {"budget": 150}})
+    members = read_members(store_url, key)
+    scores = np.bincount(members["cluster"][members["domain"] == "mnistm"], minlength=INDEX.k).astype(float)
+    uncapped = select_from_pool(store_url, key, round_cfg, "oracle", scores)
+    monkeypatch.setattr(pool_sampling, "MAX_ROWS_IN_MEMORY", 40)  # every cluster is larger
+    got = select_from_pool(store_url, key, round_cfg, "oracle", scores)
+    assert len(got) == len(uncapped) == 150 and len(set(got)) == 150
+    assert (members.set_index("id").loc[got, "class"] < 10).all()
+    assert list(select_from_pool(store_url, key, round_cfg, "oracle", scores)) == list(got)  # seeded
+
+
 def test_each_shard_is_embedded_on_its_workers_device_and_the_index_knows_where(pool_url, indexed):
     """device "auto" (the default) embeds on a worker's GPU when it has one: these CPU
     workers report "cpu" and use the CPU key; a GPU's features get a key of their own."""

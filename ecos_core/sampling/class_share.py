@@ -70,7 +70,8 @@ def class_cluster_budgets(cluster_share: np.ndarray, scores: np.ndarray, assignm
     the most that is spent; labels >= `classes` (none) are never taken. Each class gets an
     equal part of it (water-filled under what the pool holds of it); inside a class, the
     kept clusters first, in proportion to share × the cluster's fraction of that class, then
-    the other clusters in descending score order."""
+    the other clusters in descending score order, even below the rule's floor: on purpose,
+    for OoD clients whose kept clusters lack whole classes (the total stays the rule's)."""
     k = len(scores)
     budget = min(budget, int(np.sum(cluster_share)))  # never more than the rule spends: "stop" stays unspent
     held = held_by_class(assignments, predicted, k, classes)
