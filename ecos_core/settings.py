@@ -22,11 +22,16 @@ class Settings(BaseSettings):
     s3_secret: str | None = None
 
     def storage_options(self, url: str) -> dict:
-        """fsspec options for `url`: S3 credentials and endpoint, nothing for other stores."""
+        """fsspec options for `url`: S3 credentials and endpoint, nothing for other stores.
+        They include the checksum switches that let large objects be read (see
+        S3_CHECKSUM_CONFIG) for readers that open `url` with fsspec, not through Store."""
         if not url.startswith("s3://"):
             return {}
+        from ecos_core.storage.store import S3_CHECKSUM_CONFIG  # lazy: fsspec/numpy only when S3 is used
+
         options: dict = {"config_kwargs": {"s3": {"addressing_style": "path"}, "signature_version": "s3v4",
-                                           "retries": {"max_attempts": 3}, "connect_timeout": 5}}  # fmt: skip
+                                           "retries": {"max_attempts": 3}, "connect_timeout": 5,
+                                           **S3_CHECKSUM_CONFIG}}  # fmt: skip
         if self.s3_key:
             options.update(key=self.s3_key, secret=self.s3_secret)
         if self.s3_endpoint:

@@ -74,3 +74,45 @@ def test_unreachable_s3_endpoint_fails_fast_with_the_url():
     with pytest.raises(StoreError, match="s3://ecos-bucket/x is not reachable"):
         Store("s3://ecos-bucket/x", opts).check()
     assert time.monotonic() - start < 30
+
+
+def test_empty_and_malformed_objects_say_what_is_wrong(store):
+    """A 0-byte object is an empty object (not an unavailable store); a bad array or JSON
+    document names the key and the problem (the same on the real S3 server: test_s3_large)."""
+    import io
+
+    store.write_bytes("e/zero.bin", b"")
+    assert store.read_bytes("e/zero.bin") == b""
+    assert store.read_bytes("e/zero.bin", max_bytes=64) == b""
+    buf = io.BytesIO()
+    np.save(buf, np.arange(1000, dtype=np.float32))
+    for name, data in (("truncated", buf.getvalue()[:200]), ("empty", b""), ("garbage", b"\x00 not an array")):
+        store.write_bytes(f"e/{name}.npy", data)
+        with pytest.raises(StoreError, match=rf"e/{name}\.npy: not a plain \.npy array"):
+            store.read_npy(f"e/{name}.npy")
+    for name, data in (("empty", b""), ("nested", b"[" * 100_000), ("latin1", b'{"a": "\xe9"}'), ("huge", b"1" * 5000)):
+        store.write_bytes(f"e/{name}.json", data)
+        with pytest.raises(StoreError, match=rf"e/{name}\.json: .*not valid JSON") as err:
+            store.read_json(f"e/{name}.json")
+        assert "store unavailable" not in str(err.value)
+
+
+def test_s3_stores_get_the_checksum_switches_whatever_options_they_are_given():
+    """Large objects read through rclone only with botocore's checksums "when_required": a
+    Store built anywhere (CLI, worker, Dask worker, device) gets them; an explicit choice wins."""
+    from ecos_core.settings import Settings
+    from ecos_core.storage.store import S3_CHECKSUM_CONFIG
+
+    given = {"key": "k", "secret": "s", "config_kwargs": {"s3": {"addressing_style": "path"}}}
+    store = Store("s3://ecos-bucket/x", given)
+    assert store.options["config_kwargs"] == {"s3": {"addressing_style": "path"}, **S3_CHECKSUM_CONFIG}
+    assert given["config_kwargs"] == {"s3": {"addressing_style": "path"}}  # the caller's dict is not changed
+    assert Store("s3://ecos-bucket/x").options["config_kwargs"] == S3_CHECKSUM_CONFIG
+    explicit = Store("s3://ecos-bucket/x", {"config_kwargs": {"response_checksum_validation": "when_supported"}})
+    assert explicit.options["config_kwargs"]["response_checksum_validation"] == "when_supported"
+    signer = store._signer()
+    assert signer.meta.config.response_checksum_validation == "when_required"
+    assert signer.meta.config.request_checksum_calculation == "when_required"
+    settings = Settings(s3_endpoint="http://127.0.0.1:9", s3_key="k", s3_secret="s").storage_options("s3://b/x")
+    assert S3_CHECKSUM_CONFIG.items() <= settings["config_kwargs"].items()
+    assert Settings().storage_options("./folder") == {}

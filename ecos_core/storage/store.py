@@ -26,6 +26,26 @@ class StoreError(RuntimeError):
     """The store cannot be reached or an object cannot be read/written; names the URL."""
 
 
+# botocore >= 1.36 checks every GET against the object's stored checksum; rclone (and
+# other S3 servers) answer a *ranged* GET with the whole object's CRC32, so each range of
+# an object s3fs reads in parts (over ~50 MiB) fails. "when_required" is botocore's
+# documented switch back to checksums only where an operation demands them.
+S3_CHECKSUM_CONFIG: dict[str, str] = {
+    "request_checksum_calculation": "when_required",
+    "response_checksum_validation": "when_required",
+}
+
+
+def with_s3_defaults(url: str, options: dict[str, Any] | None) -> dict[str, Any]:
+    """`options` with S3_CHECKSUM_CONFIG merged into its config_kwargs for an s3:// URL,
+    so every Store (CLI, worker, watcher, Dask workers, devices) reads large objects;
+    what the caller says explicitly wins. Other URLs get `options` unchanged."""
+    options = dict(options or {})
+    if url.startswith(("s3://", "s3a://")):
+        options["config_kwargs"] = {**S3_CHECKSUM_CONFIG, **options.get("config_kwargs", {})}
+    return options
+
+
 @contextlib.contextmanager
 def _backend_errors(where: str) -> Iterator[None]:
     """Backend failures (botocore's EndpointConnectionError, OSError, ...) become one
@@ -64,9 +84,9 @@ class Version:
 class Store:
     def __init__(self, url: str, storage_options: dict[str, Any] | None = None) -> None:
         self.url = url.rstrip("/")
-        self.options = dict(storage_options or {})
+        self.options = with_s3_defaults(self.url, storage_options)
         try:
-            self.fs, self.root = fsspec.core.url_to_fs(self.url, **(storage_options or {}))
+            self.fs, self.root = fsspec.core.url_to_fs(self.url, **self.options)
         except (ImportError, ValueError) as err:
             raise StoreError(f"store {url!r}: {err}") from None
         self.root = self.root.rstrip("/")
@@ -125,10 +145,11 @@ class Store:
         from botocore.config import Config
 
         client_kwargs = self.options.get("client_kwargs", {})
+        checksums = {k: v for k, v in self.options.get("config_kwargs", {}).items() if k in S3_CHECKSUM_CONFIG}
         return botocore.session.get_session().create_client(
             "s3", endpoint_url=client_kwargs.get("endpoint_url"), region_name=client_kwargs.get("region_name", "us-east-1"),
             aws_access_key_id=self.options.get("key"), aws_secret_access_key=self.options.get("secret"),
-            config=Config(signature_version="s3v4", s3={"addressing_style": "path"}),
+            config=Config(signature_version="s3v4", s3={"addressing_style": "path"}, **checksums),
         )  # fmt: skip
 
     def invalidate(self) -> None:
@@ -169,12 +190,22 @@ class Store:
             with _backend_errors(self.uri(key)):
                 if max_bytes is None:
                     return self.fs.cat_file(path)
-                data = self.fs.cat_file(path, start=0, end=max_bytes + 1)
+                data = self._cat_range(path, max_bytes + 1)
         except FileNotFoundError:
             raise FileNotFoundError(f"{self.uri(key)}: no such object in the store") from None
         if len(data) > max_bytes:
             raise StoreError(f"{self.uri(key)}: larger than the {max_bytes}-byte limit")
         return data
+
+    def _cat_range(self, path: str, end: int) -> bytes:
+        """Bytes [0, end) of the object. S3 refuses any range of a 0-byte object
+        (InvalidRange, 416): an empty object reads as b"", not as an unavailable store."""
+        try:
+            return self.fs.cat_file(path, start=0, end=end)
+        except OSError as err:
+            if "InvalidRange" in str(err) and self.fs.size(path) == 0:
+                return b""
+            raise
 
     def write_bytes(self, key: str, data: bytes, overwrite: bool = True) -> None:
         """Write whole-object; with overwrite=False an existing object is kept and
@@ -232,10 +263,14 @@ class Store:
 
     def read_json(self, key: str, max_bytes: int = 16 * 1024 * 1024) -> Any:
         data = self.read_bytes(key, max_bytes)
+        if not data.strip():
+            raise StoreError(f"{self.uri(key)}: empty object, not valid JSON")
         try:
             return json.loads(data)
-        except json.JSONDecodeError as err:
-            raise StoreError(f"{self.uri(key)}: not valid JSON ({err})") from None
+        except ValueError as err:  # JSONDecodeError, invalid UTF-8, an integer of over 4300 digits
+            raise StoreError(f"{self.uri(key)}: not valid JSON ({type(err).__name__}: {err})") from None
+        except RecursionError:
+            raise StoreError(f"{self.uri(key)}: not valid JSON (nested deeper than the parser allows)") from None
 
     def write_npy(self, key: str, array: np.ndarray, overwrite: bool = True) -> None:
         buf = io.BytesIO()
@@ -243,7 +278,8 @@ class Store:
         self.write_bytes(key, buf.getvalue(), overwrite)
 
     def read_npy(self, key: str) -> np.ndarray:
+        data = self.read_bytes(key)  # its errors say whether the store or the object is missing
         try:
-            return np.load(io.BytesIO(self.read_bytes(key)), allow_pickle=False)
-        except ValueError as err:
-            raise StoreError(f"{self.uri(key)}: not a plain .npy array ({err})") from None
+            return np.load(io.BytesIO(data), allow_pickle=False)
+        except (ValueError, EOFError, OSError) as err:  # pickled, truncated, empty or not .npy at all
+            raise StoreError(f"{self.uri(key)}: not a plain .npy array ({len(data)} bytes; {err or type(err).__name__})") from None
