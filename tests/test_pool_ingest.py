@@ -179,3 +179,45 @@ def test_ingest_resumes_after_being_killed(tmp_path):
     meta, pool = read_pool(str(tmp_path / "pool"))
     assert meta["n_images"] == 160 and len(pool.shards()) == 80
     assert all(p.stat().st_mtime_ns == t for p, t in done.items())  # finished chunks were not redone
+
+
+def test_relative_manifest_paths_resolve_on_the_driver(tmp_path, monkeypatch):
+    """Listing makes every local uri absolute, whatever folder the manifest was named from."""
+    write_pngs(tmp_path, 2).to_csv(tmp_path / "m.csv", index=False)
+    monkeypatch.chdir(tmp_path)
+    uris = source_rows("m.csv")["uri"].tolist()
+    assert uris == [str(tmp_path / "img" / f"{i:05d}.png") for i in range(2)]
+
+
+def _dask_cli(*args: str, cwd: Path) -> subprocess.Popen:
+    return subprocess.Popen([str(Path(sys.executable).parent / "dask"), *args], cwd=cwd, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+
+
+def test_a_relative_manifest_ingests_on_an_external_dask_cluster_in_another_folder(tmp_path):
+    """`ecos pool ingest manifest.csv --dask-address …` from the manifest's folder: the cluster's
+    workers run elsewhere, so a path left relative would be looked up in their folder."""
+    import socket
+
+    from tasks.pool import read_pool
+
+    data, elsewhere = tmp_path / "data", tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    write_pngs(data, 12).to_csv(data / "manifest.csv", index=False)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    address = f"tcp://127.0.0.1:{port}"
+    procs = [_dask_cli("scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard", cwd=elsewhere)]
+    try:
+        time.sleep(2)
+        procs.append(_dask_cli("worker", address, "--nworkers", "1", "--nthreads", "1", "--no-dashboard", cwd=elsewhere))
+        out = subprocess.run([sys.executable, "-m", "ecos_cli", "pool", "ingest", "manifest.csv", "--to",
+                              str(tmp_path / "pool"), "--shard-size", "6", "--dask-address", address],
+                             cwd=data, capture_output=True, text=True, timeout=300)  # fmt: skip
+        assert out.returncode == 0, out.stderr[-2000:]
+        assert read_pool(str(tmp_path / "pool"))[0]["n_images"] == 12
+    finally:
+        for p in procs:
+            os.killpg(p.pid, signal.SIGTERM)
+            p.wait(timeout=30)

@@ -175,9 +175,12 @@ def _read_table(url: str) -> pd.DataFrame:
 
 
 def _resolve(uri: str, base: str) -> str:
+    """A manifest row's uri, absolute: relative local paths resolve here, on the driver,
+    since Dask workers (on other machines, in other folders) have other working directories."""
     if "://" in uri or uri.startswith("/"):
         return uri
-    return posixpath.join(base, uri)
+    joined = posixpath.join(base, uri)
+    return joined if "://" in joined else os.path.abspath(joined)
 
 
 def _text(value: Any) -> str:
