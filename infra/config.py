@@ -189,7 +189,12 @@ def _validate_credentials(key: str, secret: str) -> None:
 
 
 def env_for_clients(cfg: Config | None = None) -> dict[str, str]:
-    """What a client or flow needs to use these services."""
+    """What a client or flow needs to use these services. The credentials also go as
+    AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, which botocore reads: Prefect's results
+    block holds none (its data is readable through the API), so flow runs writing results
+    to the bucket take them from the environment. The AWS_*_CHECKSUM_* switches let any
+    boto client of these processes read objects over ~50 MiB from rclone (see
+    ecos_core.storage.store.S3_CHECKSUM_CONFIG)."""
     cfg = cfg or Config.load()
     key, secret = cfg.credentials(create=False)
     return {
@@ -197,6 +202,10 @@ def env_for_clients(cfg: Config | None = None) -> dict[str, str]:
         "ECOS_S3_ENDPOINT": cfg.s3_url,
         "ECOS_S3_KEY": key,
         "ECOS_S3_SECRET": secret,
+        "AWS_ACCESS_KEY_ID": key,
+        "AWS_SECRET_ACCESS_KEY": secret,
+        "AWS_REQUEST_CHECKSUM_CALCULATION": "when_required",
+        "AWS_RESPONSE_CHECKSUM_VALIDATION": "when_required",
         "PREFECT_API_URL": cfg.prefect_api_url,
         "AWS_EC2_METADATA_DISABLED": "true",
     }
