@@ -14,6 +14,7 @@ import time
 from prefect import flow
 
 from ecos_core.config import RoundConfig
+from flows import run_names
 from flows.ingest_flow import ingest_flow
 from flows.pool_index_flow import pool_index_flow
 from tasks.adapted import adapted_space, combine_domain_features
@@ -23,7 +24,7 @@ from tasks.pool import pool_url_of
 from tasks.store import check_store
 
 
-@flow(name="ecos-index", log_prints=True)
+@flow(name="ecos-index", log_prints=True, flow_run_name=run_names.index_run)
 def index_flow(cfg: RoundConfig = RoundConfig(), store_url: str = "./ecos-store") -> dict:
     check_store(store_url)
     if cfg.data.pool:

@@ -11,6 +11,7 @@ from typing import Literal
 from prefect import flow, get_run_logger
 
 from ecos_core.storage.content import content_key
+from flows import run_names
 from ecos_core.pool import layout
 from ecos_core.pool.ingest import MAX_PIXELS, IngestError, chunk_bounds
 from ecos_core.pool.sources import ROW_COLUMNS, source_rows
@@ -19,13 +20,13 @@ from tasks.pool import ingest_chunk, publish_pool, read_pool, write_chunk_rows
 from tasks.runner import dask_runner
 
 
-@flow(name="ecos-pool-ingest-chunks")
+@flow(name="ecos-pool-ingest-chunks", flow_run_name="ingest-chunks-{chunks}")
 def _ingest_chunks(pool_url: str, run_key: str, chunks: int, image_size: int, on_error: str, max_pixels: int) -> list[dict]:
     futures = ingest_chunk.map(pool_url, run_key, list(range(chunks)), image_size, on_error, max_pixels)
     return [f.result() for f in futures]
 
 
-@flow(name="ecos-pool-ingest", log_prints=True)
+@flow(name="ecos-pool-ingest", log_prints=True, flow_run_name=run_names.ingest_run)
 def ingest_flow(
     source: str,
     to: str,

@@ -12,6 +12,7 @@ import time
 from prefect import flow, get_run_logger, unmapped
 
 from ecos_core.storage import layout
+from flows import run_names
 from ecos_core.config import IndexConfig
 from ecos_core.storage.content import content_key
 from ecos_core.sampling.class_share import guess_setting
@@ -25,7 +26,7 @@ from tasks.runner import dask_runner, torch_threads
 from tasks.store import check_store
 
 
-@flow(name="ecos-pool-index-shards")
+@flow(name="ecos-pool-index-shards", flow_run_name="index-shards-seed{seed}")
 def _index_shards(pool_url: str, store_url: str, index: IndexConfig, seed: int, threads: int, classes: int) -> dict:
     log = get_run_logger()
     _, pool = require_pool(pool_url)
@@ -67,7 +68,7 @@ def _index_shards(pool_url: str, store_url: str, index: IndexConfig, seed: int, 
     return {"features": features, "index": meta}
 
 
-@flow(name="ecos-pool-index", log_prints=True)
+@flow(name="ecos-pool-index", log_prints=True, flow_run_name=run_names.pool_index_run)
 def pool_index_flow(
     pool_url: str,
     store_url: str = "./ecos-store",

@@ -8,11 +8,12 @@ from prefect import flow
 from prefect.deployments import run_deployment
 
 from ecos_core.config import RoundConfig
+from flows import run_names
 from ecos_core.settings import Settings
 from tasks.training import read_training_rows, train_local, train_on_selection
 
 
-@flow(name="ecos-train", log_prints=True)
+@flow(name="ecos-train", log_prints=True, flow_run_name=run_names.train_run)
 def train_flow(
     cfg: RoundConfig, round_id: str, selections: list[dict], local_clients: list[str], store_url: str | None = None
 ) -> list[dict]:

@@ -61,6 +61,15 @@ def test_round_runs_end_to_end(first_round, store_url):
     assert len(first_round["domains"]) == len(TINY.data.domains)
 
 
+def test_every_flow_run_is_named_after_what_it_does(first_round):
+    """The UI's run list reads without opening each run: no random adjective-animal names."""
+    from prefect import get_client
+
+    with get_client(sync_client=True) as client:
+        names = {r.name for r in client.read_flow_runs(limit=200)}
+    assert {"round-t-round-1", "train-t-round-1", f"index-builtin-combined-k{TINY.index.k}"} <= names, names
+
+
 def test_second_round_reuses_cached_features_and_index(first_round, store_url, tmp_path):
     from flows.round_flow import round_flow
 
