@@ -54,33 +54,59 @@ def artifact_key(round_id: str, what: str) -> str:
     return re.sub(r"[^a-z0-9-]+", "-", f"ecos-{round_id}-{what}".lower())
 
 
+DETAIL_CHARS = 72  # the UI's table wraps nothing: a cell past this pushes columns off a 1440-px screen
+
+
+def short_reason(reason: str) -> str:
+    """A refusal without the object's URL in front (the client column names it), cut to fit a table cell."""
+    text = re.sub(r"^[a-z0-9]+://\S+?: ", "", reason.strip().splitlines()[0] if reason.strip() else "")
+    return text if len(text) <= DETAIL_CHARS else text[: DETAIL_CHARS - 1] + "…"
+
+
+def _uploader(key: str) -> str:
+    return key.rsplit("/", 1)[-1].removesuffix(".json")
+
+
 def answers_frame(clients: list[str], responses: dict) -> pd.DataFrame:
     """client → accepted / refused (reason) / late / missing, and uploads that named no client."""
     refused: dict[str, list[str]] = {}
     for r in responses["rejected"]:
-        refused.setdefault(r["key"].rsplit("/", 1)[-1].removesuffix(".json"), []).append(r["reason"])
+        refused.setdefault(_uploader(r["key"]), []).append(r["reason"])
     rows = []
     for c in clients:
         if c in responses["accepted"]:
             status, detail = "accepted", f"{responses['accepted'][c].get('bytes', 0)} bytes"
         elif c in refused:
             late = all("after the deadline" in r for r in refused[c])
-            status, detail = ("late" if late else "refused"), refused[c][-1]
+            status, detail = ("late" if late else "refused"), short_reason(refused[c][-1])
         else:
             status, detail = "missing", "no upload by the deadline"
         rows.append({"client_id": c, "status": status, "refused_uploads": len(refused.get(c, [])), "detail": detail})
     rows += [{"client_id": f"(not a client: {name})", "status": "refused", "refused_uploads": len(reasons),
-              "detail": reasons[-1]} for name, reasons in refused.items() if name not in clients]  # fmt: skip
+              "detail": short_reason(reasons[-1])} for name, reasons in refused.items() if name not in clients]  # fmt: skip
     return pd.DataFrame(rows, columns=["client_id", "status", "refused_uploads", "detail"])
+
+
+def refusals_frame(responses: dict) -> pd.DataFrame:
+    """One row per refusal reason: how many uploads got it and from whom (the full texts are in ledger.json)."""
+    rows = pd.DataFrame([{"reason": short_reason(r["reason"]), "uploader": _uploader(r["key"])}
+                         for r in responses["rejected"]], columns=["reason", "uploader"])  # fmt: skip
+    table = rows.groupby("reason", sort=False).agg(uploads=("uploader", "size"), uploaders=("uploader", "unique"))
+    table["uploaders"] = [short_reason(", ".join(sorted(u))) for u in table["uploaders"]]
+    return table.sort_values("uploads", ascending=False, kind="stable").reset_index()
 
 
 @task(name="write-answers", **STORAGE_RETRIES)
 def write_answers(store_url: str, round_id: str, clients: list[str], responses: dict) -> list[dict]:
     """Who answered, as a table artifact (the operator need not read ledger.json)."""
-    table = answers_frame(clients, responses)
-    catalog.store(store_url).write_bytes(layout.round_key(round_id, "answers.md"), markdown_table(table).encode())
+    table, refusals = answers_frame(clients, responses), refusals_frame(responses)
+    text = markdown_table(table) + ("\n\n" + markdown_table(refusals) if len(refusals) else "")
+    catalog.store(store_url).write_bytes(layout.round_key(round_id, "answers.md"), text.encode())
     create_table_artifact(table.to_dict(orient="records"), key=artifact_key(round_id, "answers"),
                           description=f"ECOS round {round_id}: who answered")  # fmt: skip
+    if len(refusals):  # one row per reason, however many uploads were refused for it
+        create_table_artifact(refusals.to_dict(orient="records"), key=artifact_key(round_id, "refusals"),
+                              description=f"ECOS round {round_id}: refused uploads by reason (full texts in ledger.json)")  # fmt: skip
     return table.to_dict(orient="records")
 
 
@@ -141,6 +167,7 @@ def write_report(
         "What each method is:\n" + "\n".join(f"- {METHODS[m]}" for m in dict.fromkeys(results["method"]) if m in METHODS),
         "## Cost of each method (bytes between cloud and device, seconds)", markdown_table(results[COST_COLUMNS]),
         "## Who answered", markdown_table(answers_frame(list(cfg.clients), responses)),
+        *([markdown_table(refusals_frame(responses))] if responses["rejected"] else []),
         *(["## Privacy spent by each device (its own ledger, all rounds so far)",
            markdown_table(device_epsilons(cfg, device_dir))] if simulated and device_dir else []),
         "## Domain mix of each proxy set", markdown_table(mix.reset_index(names="method")),

@@ -35,3 +35,21 @@ def test_step_times_survive_a_suspend_and_resume(tmp_path):
     assert list(steps) == ["features", "index", "probe", "wait for responses", "training"]
     assert steps["index"] == first.steps["index"] >= 0.15 and all(v >= 0 for v in steps.values())
     assert steps["wait for responses"] >= 1.0
+
+
+def test_the_answers_tables_stay_readable_with_many_long_refusals():
+    """Every cell fits a 1440-px screen however long the reasons, and refusals are counted by
+    reason, one row each (the full texts stay in ledger.json)."""
+    from tasks.report import DETAIL_CHARS, answers_frame, refusals_frame
+
+    url = "s3://ecos/rounds/r1/responses"
+    bomb = "signed response is not valid JSON (" + "[" * 5000 + ")"
+    rejected = [{"key": f"{url}/c{i % 3}.json", "reason": f"{url}/c{i % 3}.json: {bomb}"} for i in range(30)]
+    rejected.append({"key": f"{url}/c1.json", "reason": f"{url}/c1.json: bad signature for client 'c1'"})
+    responses = {"accepted": {"c0": {"bytes": 650}}, "rejected": rejected}
+    answers, refusals = answers_frame(["c0", "c1", "c2", "c3"], responses), refusals_frame(responses)
+    assert answers["detail"].str.len().max() <= DETAIL_CHARS and refusals["reason"].str.len().max() <= DETAIL_CHARS
+    assert not answers["detail"].str.contains("s3://").any()
+    assert dict(zip(answers["client_id"], answers["status"])) == {"c0": "accepted", "c1": "refused", "c2": "refused",
+                                                                   "c3": "missing"}  # fmt: skip
+    assert refusals["uploads"].tolist() == [30, 1] and refusals["uploaders"].tolist() == ["c0, c1, c2", "c1"]
