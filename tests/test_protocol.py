@@ -170,3 +170,47 @@ def test_bad_responses_are_refused_with_a_reason(data, kw, message):
 
 def test_response_carries_only_scores_and_ids():
     assert set(Response.model_fields) == {"schema_version", "round_id", "client_id", "k", "scores_f32_b64"}
+
+
+# ------------------------------------------------------------------ strict types on the wire (issue 16, item 10)
+
+
+def with_field(data: bytes, **changes) -> bytes:
+    return json.dumps({**json.loads(data), **changes}).encode()
+
+
+@pytest.mark.parametrize("field, value", [("k", float(K)), ("k", str(K)), ("k", True), ("schema_version", 1.0),
+                                          ("schema_version", True), ("client_id", 5), ("round_id", None)])  # fmt: skip
+def test_a_response_field_of_another_json_type_is_refused(field, value):
+    with pytest.raises(ProtocolError, match=f"not a valid response: {field}"):
+        decode(with_field(good_response(), **{field: value}))
+
+
+def test_the_existing_wire_format_still_validates_strictly():
+    assert decode(good_response()).k == K  # response_json_bytes, as devices write it
+    probe, pj, cn = probe_bytes(radii=np.ones(K, np.float32))
+    assert decode_probe(pj, cn, "mem", "r1")[0] == probe  # datetimes as ISO strings, the backbone's tuples as arrays
+    meta = json.loads(pj)
+    meta["sigma"] = 6  # an integer is still a valid float
+    assert decode_probe(json.dumps(meta).encode(), cn, "mem")[0].sigma == 6.0
+
+
+@pytest.mark.parametrize("field, value", [("k", float(K)), ("dim", str(D)), ("schema_version", 2.0),
+                                          ("sigma", "6.1")])  # fmt: skip
+def test_a_probe_field_of_another_json_type_is_refused(field, value):
+    _, pj, cn = probe_bytes()
+    with pytest.raises(ProtocolError, match=f"not a valid probe: {field}"):
+        decode_probe(with_field(pj, **{field: value}), cn, "mem")
+
+
+def test_an_invitation_field_of_another_json_type_is_refused():
+    from ecos_core.exchange.protocol import Invitation, decode_invitation
+
+    deadline = datetime.now(timezone.utc) + timedelta(minutes=5)
+    good = Invitation(round_id="r1", client_id="c1", probe_url="u", centroids_url="u", response_url="u",
+                      probe_hmac_sha256="0" * 64, deadline=deadline).model_dump_json().encode()  # fmt: skip
+    assert decode_invitation(good, "inv").deadline == deadline
+    with pytest.raises(ProtocolError, match="not a valid invitation: schema_version"):
+        decode_invitation(with_field(good, schema_version="1"), "inv")
+    with pytest.raises(ProtocolError, match="not a valid invitation: probe_url"):
+        decode_invitation(with_field(good, probe_url=["u"]), "inv")

@@ -50,8 +50,13 @@ class ProtocolError(ValueError):
     """A probe or response that must not be used; the message names its source."""
 
 
+# Strict types on the wire: a JSON 100.0 or "100" is not the integer 100, nor 1 the boolean
+# true; ints still read as floats, and datetimes as ISO strings, as the encoders write them.
+STRICT = ConfigDict(frozen=True, extra="forbid", strict=True)
+
+
 class Probe(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = STRICT
 
     schema_version: int = Field(PROBE_SCHEMA_VERSION, ge=PROBE_SCHEMA_VERSION, le=PROBE_SCHEMA_VERSION)
     round_id: str = Field(pattern=ID_PATTERN)
@@ -92,7 +97,7 @@ def _f32_b64(values: np.ndarray) -> str:
 
 
 class Response(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = STRICT
 
     schema_version: int = Field(SCHEMA_VERSION, ge=SCHEMA_VERSION, le=SCHEMA_VERSION)
     round_id: str = Field(pattern=ID_PATTERN)
@@ -112,6 +117,15 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+MAX_PROBLEM_CHARS = 300  # of a refusal's reason: a hostile document must not make it long
+
+
+def cut(text: str, limit: int = MAX_PROBLEM_CHARS) -> str:
+    """One line of at most `limit` characters: reasons end up in logs, ledgers and the UI."""
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def _parse(model: type[BaseModel], data: bytes, source: str, limit: int) -> BaseModel:
     if len(data) > limit:
         raise ProtocolError(f"{source}: {len(data)} bytes, larger than the {limit}-byte limit")
@@ -119,7 +133,10 @@ def _parse(model: type[BaseModel], data: bytes, source: str, limit: int) -> Base
         return model.model_validate_json(data)
     except ValidationError as err:
         problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'document'}: {e['msg']}" for e in err.errors())
-        raise ProtocolError(f"{source}: not a valid {model.__name__.lower()}: {problems}") from None
+        raise ProtocolError(f"{source}: not a valid {model.__name__.lower()}: {cut(problems)}") from None
+    except Exception as err:  # noqa: BLE001 - whatever a hostile document provokes is a refusal, not a crash
+        why = cut(f"{type(err).__name__}: {err}")
+        raise ProtocolError(f"{source}: not a valid {model.__name__.lower()} ({why})") from None
 
 
 # ------------------------------------------------------------------ probe
@@ -136,11 +153,11 @@ def encode_probe(
     npy = buf.getvalue()
     probe = Probe(
         round_id=round_id,
-        k=centroids.shape[0],
-        dim=centroids.shape[1],
+        k=int(centroids.shape[0]),
+        dim=int(centroids.shape[1]),
         backbone=backbone,
-        sigma=sigma,
-        delta=delta,
+        sigma=float(sigma),  # strict fields: a numpy scalar from a config grid is made a plain float
+        delta=float(delta),
         deadline=deadline,
         centroids_sha256=_sha256(npy),
         radii_f32_b64=None if radii is None else _f32_b64(radii),
@@ -249,7 +266,7 @@ class Invitation(BaseModel):
     with the client's enrollment key, proves the probe came from the cloud.
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = STRICT
 
     schema_version: int = Field(SCHEMA_VERSION, ge=SCHEMA_VERSION, le=SCHEMA_VERSION)
     round_id: str = Field(pattern=ID_PATTERN)
