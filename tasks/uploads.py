@@ -23,9 +23,11 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from ecos_core.storage import layout
-from ecos_core.exchange.auth import load_enrollment, open_signed_response
-from ecos_core.exchange.protocol import MAX_RESPONSE_BYTES, ProtocolError, Response, decode_response
+from ecos_core.exchange.auth import UnknownClient, load_enrollment, open_signed_response
+from ecos_core.exchange.protocol import MAX_RESPONSE_BYTES, ProtocolError, Response, cut, decode_response
 from ecos_core.storage.store import Store, StoreError, Version
+
+MAX_REASON_CHARS = 600  # a verdict stays far below the 64 KB that verdicts() reads
 
 
 @dataclass(frozen=True)
@@ -43,19 +45,34 @@ class RoundTerms:
     def load(store: Store, round_id: str, clients: list[str], k: int, sigma: float, deadline: datetime) -> "RoundTerms":
         invited = frozenset(clients)
 
-        @functools.cache
+        @functools.cache  # successes only: a registry that failed to read is read again next time
         def key_for(client_id: str) -> str | None:  # read when its first upload is judged, not all upfront
-            return load_enrollment(store, client_id).key_b64 if client_id in invited else None
+            if client_id not in invited:
+                return None
+            try:
+                return load_enrollment(store, client_id).key_b64
+            except UnknownClient:
+                return None  # its enrollment was removed since the probe: an upload it cannot have signed
+            except StoreError:
+                raise
+            except Exception as err:  # noqa: BLE001 - a broken registry entry is the cloud's problem, not a refusal
+                raise StoreError(f"registry entry of {client_id!r} unusable ({type(err).__name__}: {err})") from err
 
         return RoundTerms(round_id, tuple(clients), k, sigma, deadline, key_for)  # only invited clients have a key
 
 
 def check_upload(store: Store, key: str, data: bytes, terms: RoundTerms) -> Response:
     """The response in an upload, if it is signed by the client it claims to be, stored
-    under that client's own name, and valid for this round; ProtocolError otherwise."""
-    inner = open_signed_response(data, store.uri(key), terms.key_for)
-    resp = decode_response(inner, store.uri(key), expected_round=terms.round_id, expected_k=terms.k, sigma=terms.sigma,
-                           known_clients=set(terms.clients))  # fmt: skip
+    under that client's own name, and valid for this round; ProtocolError otherwise, for
+    anything the bytes provoke. Only the store's failures (reading a key) are raised as they are."""
+    try:
+        inner = open_signed_response(data, store.uri(key), terms.key_for)
+        resp = decode_response(inner, store.uri(key), expected_round=terms.round_id, expected_k=terms.k,
+                               sigma=terms.sigma, known_clients=set(terms.clients))  # fmt: skip
+    except (ProtocolError, StoreError):
+        raise
+    except Exception as err:  # noqa: BLE001 - a parser's surprise on hostile bytes is a refusal, never a crash
+        raise ProtocolError(f"{store.uri(key)}: not a usable signed response ({type(err).__name__}: {err})") from None
     if key != layout.response(terms.round_id, resp.client_id):
         raise ProtocolError(f"{store.uri(key)}: client {resp.client_id!r} answered under another name")
     return resp
@@ -72,7 +89,8 @@ class Replaced(Exception):
 def _read_listed(store: Store, key: str, version: Version) -> bytes:
     """The bytes of exactly the listed version, or Replaced. On S3 the ETag of a plain PUT
     is the content's MD5; elsewhere the object is looked at again after the read."""
-    data = store.read_bytes(key, MAX_RESPONSE_BYTES)
+    # an empty object is not read: S3 answers a ranged GET of 0 bytes with InvalidRange
+    data = store.read_bytes(key, MAX_RESPONSE_BYTES) if version.size else b""
     if re.fullmatch(r"[0-9a-f]{32}", version.tag):
         if hashlib.md5(data, usedforsecurity=False).hexdigest() != version.tag:
             raise Replaced(key)
@@ -111,7 +129,7 @@ def judge(store: Store, key: str, version: Version, terms: RoundTerms) -> dict:
                                     "accepted answer); the first one is used") from None  # fmt: skip
         return {**verdict, "client_id": resp.client_id, "verdict": "accepted", "bytes": len(data)}
     except ProtocolError as err:
-        return {**verdict, "verdict": "refused", "reason": str(err)}
+        return {**verdict, "verdict": "refused", "reason": cut(str(err), MAX_REASON_CHARS)}
 
 
 PARALLEL = 16  # uploads judged at once: each is a few small S3 requests, so threads overlap their waits
@@ -182,7 +200,8 @@ def accepted_answers(store: Store, terms: RoundTerms, problems: list[dict] | Non
             return check_upload(store, layout.response(terms.round_id, client_id),
                                 store.read_bytes(copy, MAX_RESPONSE_BYTES), terms)  # fmt: skip
         except ProtocolError as err:
-            return ProtocolError(f"{store.uri(copy)}: the accepted copy no longer verifies ({err})")
+            why = f"{store.uri(copy)}: the accepted copy no longer verifies ({err})"
+            return ProtocolError(cut(why, MAX_REASON_CHARS))
 
     with ThreadPoolExecutor(PARALLEL) as pool:
         found = dict(zip(have, pool.map(read, have)))

@@ -33,7 +33,7 @@ from typing import Any
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from ecos_core.exchange.protocol import ID_PATTERN, MAX_RESPONSE_BYTES, ProtocolError
+from ecos_core.exchange.protocol import ID_PATTERN, MAX_RESPONSE_BYTES, ProtocolError, cut
 from ecos_core.storage.store import Store
 
 KEY_BYTES = 32
@@ -218,19 +218,27 @@ def _reject_constant(name: str) -> None:
     raise ValueError(f"non-standard JSON constant {name}")
 
 
-def open_signed_response(data: bytes, source: str, key_for: Callable[[str], str | None]) -> bytes:
-    """Check a signed upload; return the inner response bytes for protocol.decode_response.
+def _quoted(value: Any) -> str:
+    """A value from an upload, quoted into a message and cut short (it may be 64 KB, or nested)."""
+    return cut(repr(value), 80) if isinstance(value, (str, int, float, bool, type(None))) else type(value).__name__
 
-    The returned bytes are exactly the ones the MAC covered, so nothing unverified is decoded.
-    """
+
+def _signed_parts(data: bytes, source: str) -> tuple[dict, str, str]:
+    """(response object, mac, claimed client id) of an upload. Anything its bytes can provoke
+    (invalid UTF-8, deep nesting, huge numbers, any shape) is a ProtocolError, never another
+    exception: one device's URL must not be able to stop a round from being judged."""
     if len(data) > MAX_RESPONSE_BYTES:
         raise ProtocolError(f"{source}: {len(data)} bytes, larger than the {MAX_RESPONSE_BYTES}-byte limit")
+    if not data:
+        raise ProtocolError(f"{source}: empty upload (0 bytes), not a signed response")
     try:
         doc = json.loads(data, parse_constant=_reject_constant)
-    except (json.JSONDecodeError, UnicodeDecodeError, ValueError) as err:
-        raise ProtocolError(f"{source}: signed response is not valid JSON ({err})") from None
+    except RecursionError:
+        raise ProtocolError(f"{source}: signed response is not valid JSON (nested too deeply)") from None
+    except Exception as err:  # noqa: BLE001 - JSONDecodeError, UnicodeDecodeError, ValueError (huge ints), ...
+        raise ProtocolError(f"{source}: signed response is not valid JSON ({cut(str(err), 200)})") from None
     if not isinstance(doc, dict) or set(doc) != {"response", MAC_FIELD}:
-        keys = sorted(doc) if isinstance(doc, dict) else type(doc).__name__
+        keys = cut(repr(sorted(doc)), 120) if isinstance(doc, dict) else type(doc).__name__
         raise ProtocolError(
             f"{source}: signed response must be an object with 'response' and '{MAC_FIELD}', got {keys}"
         )
@@ -242,11 +250,26 @@ def open_signed_response(data: bytes, source: str, key_for: Callable[[str], str 
     client_id = response.get("client_id")
     # Checked before the lookup: key_for may turn the id into a store path.
     if not isinstance(client_id, str) or not _ID_RE.match(client_id):
-        raise ProtocolError(f"{source}: response has no valid client_id ({client_id!r})")
+        raise ProtocolError(f"{source}: response has no valid client_id ({_quoted(client_id)})")
+    return response, mac, client_id
+
+
+def open_signed_response(data: bytes, source: str, key_for: Callable[[str], str | None]) -> bytes:
+    """Check a signed upload; return the inner response bytes for protocol.decode_response.
+
+    The returned bytes are exactly the ones the MAC covered, so nothing unverified is decoded.
+    Every problem of the upload is a ProtocolError; only `key_for`'s own failures (the
+    registry unreadable) pass through, so that the caller can judge the upload later.
+    """
+    response, mac, client_id = _signed_parts(data, source)
     key_b64 = key_for(client_id)
     if key_b64 is None:
         raise ProtocolError(f"{source}: unknown client {client_id!r} (not enrolled)")
-    payload = canonical_json(response)
+    try:
+        payload = canonical_json(response)
+    except (RecursionError, ValueError) as err:  # a nesting loads took but dumps does not
+        why = cut(f"{type(err).__name__}: {err}", 200)
+        raise ProtocolError(f"{source}: response cannot be re-encoded ({why})") from None
     if not verify(key_b64, payload, mac):
         raise ProtocolError(f"{source}: bad signature for client {client_id!r} (forged, altered or wrong key)")
     return payload
