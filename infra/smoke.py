@@ -7,8 +7,11 @@ deploys prefect.yaml, starts a worker and the watcher, enrolls a device, starts 
 `ecos-smoke` deployment, and plays the device through the real path: it gets its
 invitation, answers with no storage or Prefect credentials, and uploads through the
 pre-signed URL. Asserts that the round completes, that it waited without holding the
-worker (Suspended state seen), and that the artifacts are in the bucket. Every service
-is stopped by PID at the end, also when a step fails.
+worker (Suspended state seen), and that the artifacts are in the bucket. Also: an object
+over s3fs's 50 MiB part size round-trips through the store with the worker's storage
+options (read back in ranges), and no answer of the Prefect API contains the S3 secret
+or an enrolled device's key. Every service is stopped by PID at the end, also when a
+step fails.
 """
 
 from __future__ import annotations
@@ -60,12 +63,81 @@ def wait_for_state(run_id: str, env: dict[str, str], timeout_s: float) -> list[s
     raise TimeoutError(f"flow run {run_id} not final after {timeout_s:.0f} s; states {seen}")
 
 
-def _api(env: dict[str, str], path: str, body: dict | None = None) -> object:
+def _raw(env: dict[str, str], path: str, body: dict | None = None) -> bytes:
     """The Prefect API, retried on the answers Prefect's own client retries (503: SQLite busy)."""
     status, payload = _http(f"{env['PREFECT_API_URL']}{path}", "GET" if body is None else "POST", body, timeout=10)
     if status >= 300:
         raise RuntimeError(f"Prefect API {path}: HTTP {status} {payload[:300]!r}")
-    return json.loads(payload)
+    return payload
+
+
+def _api(env: dict[str, str], path: str, body: dict | None = None) -> object:
+    return json.loads(_raw(env, path, body))
+
+
+def worker_store(env: dict[str, str]):  # noqa: ANN201 - a Store; imported late (the smoke starts fast)
+    """The store as the worker and watcher open it: Settings from the services' env."""
+    from ecos_core.settings import Settings
+    from ecos_core.storage.store import Store
+
+    url = env["ECOS_STORE"]
+    settings = Settings(store=url, s3_endpoint=env["ECOS_S3_ENDPOINT"], s3_key=env["ECOS_S3_KEY"],
+                        s3_secret=env["ECOS_S3_SECRET"])  # fmt: skip
+    return Store(url, settings.storage_options(url))
+
+
+def large_object_round_trip(env: dict[str, str]) -> None:
+    """An array the size of a 10,000-image domain's combined features (56 MB): s3fs writes
+    it in parts and reads it in ranges, which fail unless the store's botocore checks
+    checksums only when required (rclone sends the whole object's CRC with each range)."""
+    import numpy as np
+
+    store, t0 = worker_store(env), time.monotonic()
+    array = np.random.default_rng(0).standard_normal((10_000 * 1400 + 17,), dtype=np.float32)
+    store.write_npy("smoke-large/features.npy", array)
+    assert np.array_equal(store.read_npy("smoke-large/features.npy"), array), "the large array came back changed"
+    path, start = store.path("smoke-large/features.npy"), 52 * 1024 * 1024
+    expected = array.tobytes()[start - 128 : start + 4096 - 128]  # .npy header: 128 bytes
+    assert store.fs.cat_file(path, start=start, end=start + 4096) == expected, "a ranged read came back changed"
+    store.delete("smoke-large/features.npy")
+    step(f"a {array.nbytes / 2**20:.0f} MiB object written and read back in ranges in {time.monotonic() - t0:.1f} s")
+
+
+def enrolled_keys(env: dict[str, str]) -> list[str]:
+    """Every enrolled device's HMAC key, from the registry in the store."""
+    from ecos_core.exchange.auth import enrolled_clients, load_enrollment
+
+    store = worker_store(env)
+    return [load_enrollment(store, c).key_b64 for c in enrolled_clients(store)]
+
+
+def api_answers(env: dict[str, str], run_id: str) -> dict[str, bytes]:
+    """What anyone who can reach the Prefect API reads about the deployments and runs."""
+    out = {f"POST {p}": _raw(env, p, b) for p, b in (
+        ("/block_documents/filter", {"include_secrets": False}), ("/deployments/filter", {}),
+        ("/flow_runs/filter", {}), ("/task_runs/filter", {}), ("/variables/filter", {}), ("/artifacts/filter", {}),
+        ("/work_pools/filter", {}), (f"/flow_runs/{run_id}/input/filter", {"prefix": "", "limit": 200}))}  # fmt: skip
+    for block in json.loads(out["POST /block_documents/filter"]):
+        out[f"GET /block_documents/{block['id']}"] = _raw(env, f"/block_documents/{block['id']}")
+    for offset in range(0, 100_000, 200):  # every log line of every run, worker and watcher included
+        page = _raw(env, "/logs/filter", {"limit": 200, "offset": offset, "sort": "TIMESTAMP_ASC"})
+        out[f"POST /logs/filter offset {offset}"] = page
+        if len(json.loads(page)) < 200:
+            break
+    out[f"GET /flow_runs/{run_id}/logs/download"] = _raw(env, f"/flow_runs/{run_id}/logs/download")
+    return out
+
+
+def assert_no_secret_in_api(env: dict[str, str], run_id: str) -> None:
+    """Fail if any API answer holds the S3 secret or a device key (issue 16, item 4)."""
+    secrets = {"the S3 secret": env["ECOS_S3_SECRET"], **{f"device key {i}": k for i, k in enumerate(enrolled_keys(env))}}
+    assert len(secrets) > 1, "no enrolled device in the registry: nothing to look for"
+    answers = api_answers(env, run_id)
+    for where, body in answers.items():
+        for what, value in secrets.items():
+            for form in {value, json.dumps(value)[1:-1]}:  # as sent, and as JSON escapes it
+                assert form.encode() not in body, f"Prefect API {where} returns {what}"
+    step(f"no S3 secret or device key in {len(answers)} Prefect API answers ({sum(map(len, answers.values()))} bytes)")
 
 
 def report_overhead(run_id: str, env: dict[str, str]) -> None:
@@ -140,6 +212,7 @@ def main() -> int:
         env.update(line.removeprefix("export ").split("=", 1) for line in
                    run([*services, "env"], env).stdout.split("\n") if line.startswith("export "))  # fmt: skip
         env = {k: v.strip("'\"") for k, v in env.items()}
+        large_object_round_trip(env)
         step("deploying prefect.yaml")
         run([str(BIN / "python"), "-m", "infra.deploy"], env, timeout=300)
         step("starting a worker and the watcher")
@@ -187,10 +260,7 @@ def main() -> int:
         suspending = [entry for entry in logs if "Suspending flow run" in entry["message"]]  # type: ignore[union-attr]
         assert len(suspending) == 1, f"'Suspending flow run' logged {len(suspending)} times (only the first run suspends)"
 
-        import s3fs
-
-        fs = s3fs.S3FileSystem(key=env["ECOS_S3_KEY"], secret=env["ECOS_S3_SECRET"],
-                               client_kwargs={"endpoint_url": env["ECOS_S3_ENDPOINT"]})  # fmt: skip
+        fs = worker_store(env).fs  # with the worker's options (large objects readable)
         prefix = env["ECOS_STORE"].removeprefix("s3://") + f"/rounds/{round_id}"
         stored = {p.removeprefix(prefix + "/") for p in fs.find(prefix)}
         shards = fs.find(env["ECOS_STORE"].removeprefix("s3://") + "/pools/ci/shards")
@@ -207,6 +277,7 @@ def main() -> int:
         assert results, "no Prefect results persisted in the bucket"
         step(f"{len(results)} Prefect task/flow results persisted in s3://{bucket}/prefect-results")
         report_overhead(run_id, env)
+        assert_no_secret_in_api(env, run_id)
         if os.environ.get("ECOS_SMOKE_SCREENSHOTS"):
             screenshots(env, run_id, Path(os.environ["ECOS_SMOKE_SCREENSHOTS"]))
         step(f"smoke passed in {time.monotonic() - start:.0f} s: round {round_id} Completed, {len(stored)} objects in the bucket")
