@@ -44,8 +44,12 @@ _MANIFEST_SUFFIXES = (".csv", ".parquet", ".pq")
 
 
 def _open_store(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
+    """The URL's filesystem with the store's S3 endpoint, credentials and checksum settings
+    (a user's pool on the project's S3 server reads like the store itself)."""
+    from ecos_core.settings import Settings
+
     try:
-        return url_to_fs(url)
+        return url_to_fs(url, **Settings().storage_options(url))
     except (ImportError, ValueError) as exc:
         # e.g. "s3://..." without s3fs installed, or a malformed URL.
         raise ValueError(f"{url}: cannot open storage ({exc})") from exc

@@ -83,10 +83,17 @@ def export_for_annotation(ids: np.ndarray, uris: list[str] | None, path: str, la
         )
     # Render the whole file first, then write it in one go: a failure above leaves no partial file.
     try:
-        with fsspec.open(path, "w", encoding="utf-8", newline="") as fh:
+        with fsspec.open(path, "w", encoding="utf-8", newline="", **_options(path)) as fh:
             fh.write(text)
     except Exception as exc:  # each fsspec backend has its own exception types
         raise ValueError(f"{path}: cannot write annotation file ({type(exc).__name__}: {exc})") from exc
+
+
+def _options(url: str) -> dict:
+    """The store's S3 endpoint, credentials and checksum settings for an s3:// URL, nothing otherwise."""
+    from ecos_core.settings import Settings
+
+    return Settings().storage_options(url)
 
 
 def render_images(images: np.ndarray, ids: np.ndarray, folder: str) -> list[str]:
@@ -99,7 +106,7 @@ def render_images(images: np.ndarray, ids: np.ndarray, folder: str) -> list[str]
     id_list = _as_ids(ids, f"{folder}: ids to render")
     if len(id_list) != len(images):
         raise ValueError(f"{folder}: {len(id_list)} ids for {len(images)} images")
-    fs, root = fsspec.core.url_to_fs(folder)
+    fs, root = fsspec.core.url_to_fs(folder, **_options(folder))
     fs.makedirs(root, exist_ok=True)
     names = [re.sub(r"[^A-Za-z0-9._-]", "_", i.replace("/", "__")) + ".png" for i in id_list]
     if len(set(names)) != len(names):
@@ -120,7 +127,7 @@ def render_images(images: np.ndarray, ids: np.ndarray, folder: str) -> list[str]
 
 def _read_text(path: str) -> str:
     try:
-        with fsspec.open(path, "rb") as fh:
+        with fsspec.open(path, "rb", **_options(path)) as fh:
             data = fh.read(MAX_LABEL_FILE_BYTES + 1)
     except FileNotFoundError as exc:
         raise LabelImportError(path, "file not found") from exc
