@@ -36,9 +36,11 @@ def new_round_id() -> str:
 
 
 class ResponsesReady(RunInput):
-    """What resumes a suspended round: the watcher saw every upload, or the deadline."""
+    """What resumes a suspended round: the watcher saw every upload, or the deadline, or
+    a probe that no longer verifies (probe_error: the round then fails, naming it)."""
 
     reason: str = "all expected clients answered"
+    probe_error: str | None = None
 
 
 def round_id_of_run(flow_run_id: str) -> str:
@@ -51,15 +53,27 @@ def _run_name() -> str:
     return f"round-{flow_run.parameters.get('round_id') or round_id_of_run(str(flow_run.id))}"
 
 
-def wait_for_responses(store_url: str, round_id: str, timeout_s: int) -> str:
+def wait_for_responses(store_url: str, round_id: str, timeout_s: int) -> ResponsesReady:
     """Suspend until the watcher resumes this run; a re-run of a run resumed before finds
     the watcher's input and does not suspend (nor say it does) again."""
     keyset = keyset_from_base_key(f"suspended-responses-{round_id}")  # what suspend_flow_run uses for this key
     earlier = read_flow_run_input(keyset["response"], flow_run_id=flow_run.id)
     if earlier is not None:
-        return ResponsesReady.model_validate(earlier).reason
+        return ResponsesReady.model_validate(earlier)
     warn_if_no_watcher(store_url, round_id, timeout_s)
-    return suspend_flow_run(wait_for_input=ResponsesReady, key=f"responses-{round_id}", timeout=timeout_s).reason
+    return suspend_flow_run(wait_for_input=ResponsesReady, key=f"responses-{round_id}", timeout=timeout_s)
+
+
+def gather_responses(store_url: str, round_id: str, cfg: RoundConfig, probe: dict, wait: str) -> dict:
+    """The round's accepted answers: polled for (wait="poll"), or judged once the watcher
+    resumed the suspended run; a probe the watcher found broken fails the round, naming it."""
+    probe_error = None
+    if wait == "suspend":
+        ready = wait_for_responses(store_url, round_id, int(cfg.deadline_s) + 600)
+        print(f"round {round_id} resumed: {ready.reason}")
+        probe_error = ready.probe_error
+    return collect_responses(store_url, round_id, list(cfg.clients), cfg.quorum, probe["deadline"], cfg.sigma,
+                             probe["k"], cfg.poll_s, wait == "poll", probe_error)  # fmt: skip
 
 
 @flow(name="ecos-round", log_prints=True, flow_run_name=_run_name)
@@ -96,10 +110,7 @@ def round_flow(
         launch_simulated_clients(store_url, cfg, round_id, device_dir)
     steps.lap("probe")
     steps.mark("probe published")
-    if wait == "suspend":
-        print(f"round {round_id} resumed: {wait_for_responses(store_url, round_id, int(cfg.deadline_s) + 600)}")
-    responses = collect_responses(store_url, round_id, list(cfg.clients), cfg.quorum, probe["deadline"], cfg.sigma,
-                                  probe["k"], cfg.poll_s, wait == "poll")  # fmt: skip
+    responses = gather_responses(store_url, round_id, cfg, probe, wait)
     steps.lap("wait for responses", since_mark="probe published")
     write_answers(store_url, round_id, list(cfg.clients), responses)
 

@@ -36,9 +36,20 @@ from prefect.states import Failed, Scheduled
 
 from ecos_core.storage import layout
 from ecos_core.config import RoundConfig
-from ecos_core.exchange.protocol import ProtocolError, decode_probe
+from ecos_core.exchange.auth import UnknownClient, load_enrollment, verify
+from ecos_core.exchange.protocol import (
+    MAX_ADAPTED_BYTES,
+    MAX_CENTROID_BYTES,
+    MAX_INVITATION_BYTES,
+    MAX_PROBE_JSON_BYTES,
+    ProtocolError,
+    check_adapted,
+    decode_invitation,
+    decode_probe,
+)
 from ecos_core.settings import Settings
-from flows.round_flow import round_id_of_run
+from ecos_core.storage.store import Store
+from flows.round_flow import ResponsesReady, round_id_of_run
 from tasks import catalog
 from tasks.uploads import RoundTerms, answered, judge_new_uploads
 
@@ -99,41 +110,95 @@ def round_of(run: FlowRun) -> tuple[str, RoundConfig, str]:
             params.get("store_url") or Settings().store)  # fmt: skip
 
 
-@functools.lru_cache(maxsize=256)
-def round_terms(store_url: str, round_id: str, clients: tuple[str, ...]) -> RoundTerms:
-    """A round's probe, verified once and kept: every sweep needs it, and it never changes
-    (a probe that fails to verify raises, and is not kept)."""
+def round_terms(store_url: str, round_id: str, clients: tuple[str, ...]) -> RoundTerms | None:
+    """A round's probe, verified again whenever one of its objects changes (one LIST per
+    sweep gives their versions): a probe altered after publish is noticed at the next sweep.
+    None while no probe.json is published; ProtocolError, ValueError or FileNotFoundError
+    when the probe does not verify."""
     store = catalog.store(store_url)
-    probe, _ = decode_probe(store.read_bytes(layout.probe_json(round_id)), store.read_bytes(layout.probe_centroids(round_id)),
-                            store.uri(layout.probe_json(round_id)), round_id)  # fmt: skip
+    found = store.versions(layout.round_key(round_id, "probe"))
+    if layout.probe_json(round_id) not in found:
+        return None
+    return _verified_terms(store_url, round_id, clients, tuple(sorted((k, v.id) for k, v in found.items())))
+
+
+@functools.lru_cache(maxsize=256)
+def _verified_terms(store_url: str, round_id: str, clients: tuple[str, ...], versions: tuple) -> RoundTerms:
+    """Kept per version of the probe's objects (`versions`): a failure raises and is not kept."""
+    del versions  # the cache key only
+    store = catalog.store(store_url)
+    probe_json = store.read_bytes(layout.probe_json(round_id), MAX_PROBE_JSON_BYTES)
+    folder = store.uri(layout.round_key(round_id, "probe"))  # decode_probe names <folder>/probe.json, /centroids.npy
+    probe, _ = decode_probe(probe_json, store.read_bytes(layout.probe_centroids(round_id), MAX_CENTROID_BYTES),
+                            folder, round_id)  # fmt: skip
+    if probe.adapted_sha256 is not None:
+        check_adapted(probe, store.read_bytes(layout.probe_adapted(round_id), MAX_ADAPTED_BYTES), folder)
+    check_invited_with(store, round_id, clients, probe_json)
     return RoundTerms.load(store, round_id, list(clients), probe.k, probe.sigma, probe.deadline)
 
 
-def tend(run: FlowRun) -> str | None:
-    """Judge the round's new uploads; why it may resume now, or None to keep it waiting."""
+def check_invited_with(store: Store, round_id: str, clients: tuple[str, ...], probe_json: bytes) -> None:
+    """ProtocolError unless probe.json is the one the clients were invited with: each
+    invitation carries its MAC under the client's key, which nobody else can recompute. The
+    first invitation that can be checked settles it (an invitation or key missing is skipped)."""
+    mismatched = []
+    for client_id in clients:
+        key = layout.invitation(round_id, client_id)
+        try:
+            invitation = decode_invitation(store.read_bytes(key, MAX_INVITATION_BYTES), store.uri(key))
+            key_b64 = load_enrollment(store, client_id).key_b64
+        except (FileNotFoundError, UnknownClient, ProtocolError):
+            continue  # nothing to check with here; a forged probe.json still fails every invitation's MAC
+        if verify(key_b64, probe_json, invitation.probe_hmac_sha256):
+            return
+        mismatched.append(client_id)
+        if len(mismatched) >= 3:  # a changed probe.json fails them all: three say so
+            break
+    if mismatched:
+        raise ProtocolError(f"{store.uri(layout.probe_json(round_id))}: changed after publish (it does not match the "
+                            f"MAC in the invitations of {mismatched})")  # fmt: skip
+
+
+_reported: set[str] = set()  # judging errors already logged: a failing upload is not logged every sweep
+
+
+def tend(run: FlowRun) -> ResponsesReady | None:
+    """Judge the round's new uploads; why it may resume now, or None to keep it waiting.
+    An upload that cannot be judged (the store failing on it) is logged and judged again
+    next sweep, and never keeps the round from resuming at its deadline."""
     round_id, cfg, store_url = round_of(run)
     store = catalog.store(store_url)
-    if not store.exists(layout.probe_json(round_id)):
-        return None
-    try:
-        terms = round_terms(store_url, round_id, tuple(cfg.clients))
-    except (ProtocolError, ValueError) as err:  # no device can answer a probe that does not verify
-        return f"its probe is unreadable ({one_line(err)}); resumed so the round reports it"
     clients = list(cfg.clients)
-    for v in judge_new_uploads(store, terms):
-        log(f"round {round_id}: {v['key']}: " + ("accepted" if v["verdict"] == "accepted" else f"refused: {v['reason']}"))
+    try:
+        terms = round_terms(store_url, round_id, tuple(clients))
+    except (ProtocolError, ValueError, FileNotFoundError) as err:  # no device can answer a probe that does not verify
+        problem = f"its probe is unreadable ({one_line(err)})"
+        return ResponsesReady(reason=f"{problem}; resumed so the round reports it", probe_error=problem)
+    if terms is None:
+        return None
+    unjudged: list[str] = []
+    for v in judge_new_uploads(store, terms, unjudged):
+        outcome = "accepted" if v["verdict"] == "accepted" else f"refused: {v['reason']}"
+        log(f"round {round_id}: {v['key']}: {outcome}")
+    for message in set(unjudged) - _reported:
+        log(f"round {round_id}: {message}")
+    if len(_reported) > 10_000:  # bounded: a long-lived watcher forgets old ones
+        _reported.clear()
+    _reported.update(unjudged)
     have = answered(store, round_id) & set(clients)
     if have >= set(clients):
-        return f"all {len(clients)} expected clients answered"
+        return ResponsesReady(reason=f"all {len(clients)} expected clients answered")
     if datetime.now(timezone.utc) >= terms.deadline:
-        return f"deadline passed with {len(have)} of {len(clients)} answers"
+        left = f"; {len(unjudged)} upload(s) not judged yet" if unjudged else ""
+        return ResponsesReady(reason=f"deadline passed with {len(have)} of {len(clients)} answers{left}")
     return None
 
 
 def resume_if_ready(run: FlowRun) -> str | None:
-    if reason := tend(run):
-        resume_flow_run(run.id, run_input={"reason": reason})
-    return reason
+    if (ready := tend(run)) is None:
+        return None
+    resume_flow_run(run.id, run_input=ready.model_dump(exclude_none=True))
+    return ready.reason
 
 
 class Watcher:

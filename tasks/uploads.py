@@ -170,7 +170,8 @@ def judge_new_uploads(store: Store, terms: RoundTerms, errors: list[str] | None 
     if failed and errors is None:
         raise failed[0][1]
     if errors is not None:
-        errors += [f"{store.uri(key)}: not judged yet ({type(err).__name__}: {err})" for key, err in failed]
+        errors += [cut(f"{store.uri(key)}: not judged yet ({type(err).__name__}: {err})", MAX_REASON_CHARS)
+                   for key, err in failed]  # fmt: skip
     return new
 
 

@@ -80,3 +80,36 @@ def test_a_store_error_on_one_upload_does_not_hide_the_others(setup, monkeypatch
     assert [v["client_id"] for v in new] == ["a"] and len(errors) == 1 and "not judged yet" in errors[0]
     monkeypatch.setattr(store, "read_bytes", real)
     assert [v["client_id"] for v in judge_new_uploads(store, terms)] == ["b"]  # judged next time
+
+
+def test_the_collector_reaches_its_deadline_and_ledger_when_one_upload_cannot_be_read(tmp_path, monkeypatch):
+    """The store failing on one upload for good: the round is still judged at its deadline
+    with the others (today the StoreError ended the collector without a ledger)."""
+    import logging
+
+    from ecos_core.storage.store import StoreError
+    from tasks import catalog, responses
+
+    monkeypatch.setattr(responses, "get_run_logger", lambda: logging.getLogger("test-uploads"))
+    url = str(tmp_path / "store")
+    store = catalog.store(url)
+    keys = {c: enroll(store, c).key_b64 for c in ("a", "b", "c")}
+    for c in keys:
+        store.write_bytes(layout.response("r1", c), answer(keys, c, 1.0))
+    real = store.read_bytes
+
+    def broken_for_c(key, max_bytes=None):
+        if key == layout.response("r1", "c"):
+            raise StoreError(f"{store.uri(key)}: store unavailable (InternalError)")
+        return real(key, max_bytes)
+
+    monkeypatch.setattr(store, "read_bytes", broken_for_c)
+    deadline = (datetime.now(timezone.utc) + timedelta(seconds=1)).isoformat()
+    try:
+        out = responses.collect_responses.fn(url, "r1", list(keys), 2, deadline, 6.1, K, 0.05, True)
+    finally:
+        catalog.store.cache_clear()
+    assert sorted(out["accepted"]) == ["a", "b"] and out["missing"] == ["c"]
+    (unjudged,) = out["unjudged"]
+    assert "responses/c.json: not judged yet (StoreError" in unjudged
+    assert store.read_json(layout.round_key("r1", "ledger.json"))["unjudged"] == [unjudged]
