@@ -184,43 +184,9 @@ def index(
     typer.echo(json.dumps({**out["index"], "adapted_space": out["features"].get("adapted")}, indent=1))
 
 
-@client_app.command("respond")
-def client_respond(
-    invite: str = typer.Option(..., help="The round's invitation (a file, or a URL) delivered to this device."),
-    enrollment: Path = typer.Option(..., help="This device's enrollment file (client id + key), from `ecos clients enroll`."),
-    data: str = typer.Option(..., help="Local data: an image folder, a manifest (.csv/.parquet), an ImageSet .npz, or builtin:<domain>."),
-    ledger: Path = typer.Option(Path("ecos-privacy-ledger.json"), help="This device's privacy ledger (ε spent so far)."),
-    seed: Optional[int] = typer.Option(None, help="Noise seed (simulations only; default: fresh OS entropy)."),
-    weights: Optional[str] = typer.Option(None, help="A local file of the probe's backbone (weights, or an ONNX model; "
-                                                     "default: packaged, or the probe's URL), checked against its sha256."),
-    progress: bool = typer.Option(True, help="Show a progress bar."),
-) -> None:
-    """Answer one round: verify the probe, compute the noisy coverage scores on local data,
-    sign and upload them. Only K noisy scalars and the ids leave the device; it needs no
-    storage credentials (the invitation's URLs are pre-signed) and no Prefect."""
-    from ecos_core.exchange import transport
-    from ecos_core.exchange.auth import read_enrollment
-    from ecos_core.exchange.client import respond
-    from ecos_core.privacy.ledger import PrivacyLedger
-    from ecos_core.exchange.protocol import decode_invitation
+from ecos_cli.client import client_respond, load_local as _load_local  # noqa: E402 (light: typer only)
 
-    url = invite if "://" in invite else "file://" + str(Path(invite).resolve())
-    invitation = decode_invitation(transport.fetch(url, 1 << 16), invite)
-    images = _load_local(data).images
-    answer = respond(invitation, read_enrollment(enrollment), images, PrivacyLedger(ledger), seed, weights, progress)
-    typer.echo(f"{invitation.client_id}: answered round {invitation.round_id} from {answer.n_samples} local samples "
-               f"in {answer.seconds:.1f} s; uploaded {len(answer.wire)} B; this device has now spent "
-               f"ε={answer.epsilon:.3f} (δ=1e-5)")  # fmt: skip
-
-
-def _load_local(spec: str):  # noqa: ANN202
-    if spec.endswith(".npz"):
-        from ecos_core.data.npz import load_imageset
-
-        return load_imageset(spec)
-    from ecos_core.data.user import load_dataset
-
-    return load_dataset(spec)
+client_app.command("respond")(client_respond)
 
 
 @app.command()

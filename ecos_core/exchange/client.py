@@ -1,5 +1,9 @@
 """The edge client: answer a probe with K noisy coverage scores, nothing else.
 
+The signed answer is kept on the device (beside its privacy ledger) before the first
+upload attempt, and only those bytes are ever sent for that round: an outage, a refusal or
+Ctrl-C costs a re-run, never a second release or a second ε.
+
 Imports only ecos_core, numpy and torch (never Prefect): it runs on the device.
 """
 
@@ -18,7 +22,7 @@ from ecos_core.exchange.auth import Enrollment, signed_response_bytes, verify
 from ecos_core.embedding.backbones import load_backbone
 from ecos_core.sampling.coverage import noisy_coverage_scores
 from ecos_core.privacy.accounting import gaussian_epsilon
-from ecos_core.privacy.ledger import PrivacyLedger
+from ecos_core.privacy.ledger import DuplicateRound, KeptResponse, PrivacyLedger
 from ecos_core.exchange.protocol import (
     MAX_ADAPTED_BYTES,
     MAX_CENTROID_BYTES,
@@ -35,9 +39,12 @@ from ecos_core.exchange.protocol import (
 @dataclass(frozen=True)
 class ClientAnswer:
     wire: bytes  # the response exactly as uploaded
-    n_samples: int
+    n_samples: int  # 0 when a kept response was re-sent (nothing was computed)
     epsilon: float  # of this response (answer_probe) or of all the device's responses (respond)
     seconds: float
+    outcome: str = "sent"  # respond: "sent", "resent" (a kept response) or "delivered before" (nothing sent)
+    attempts: int = 1  # upload attempts of this run
+    kept_path: str | None = None  # where the device keeps the signed response
 
 
 def probe_backbone(probe: Probe, weights_path: str | None = None) -> Any:
@@ -106,30 +113,109 @@ def respond(
     seed: int | None = None,
     weights_path: str | None = None,
     show_bar: bool = True,
+    backoff: transport.Backoff = transport.Backoff(),
+    on_retry: transport.RetryHook | None = None,
 ) -> ClientAnswer:
     """Answer one invitation: verify the probe (MAC with the enrollment key, centroids and
     adapted-space hashes; its backbone must be on this device, with the same weights), refuse if the
-    privacy budget would be exceeded, compute the noisy scores, sign them, and upload them
-    to the invitation's own URL. Every refusal comes before any feature or ε."""
+    privacy budget would be exceeded, compute the noisy scores, sign them, keep them beside the
+    ledger, record ε, and upload them to the invitation's own URL, retrying transient failures
+    until its deadline. Every refusal comes before any feature or ε. A round answered before is
+    never recomputed: its kept response is re-sent (or nothing is, once it was delivered)."""
+    again = resend_kept(invitation, enrollment, ledger, backoff, on_retry)
+    if again is not None:
+        return again
     source = f"round {invitation.round_id} probe"
-    if invitation.client_id != enrollment.client_id:
-        raise ProtocolError(f"invitation is for {invitation.client_id!r}, this device is {enrollment.client_id!r}")
-    if datetime.now(timezone.utc) > invitation.deadline:
-        raise ProtocolError(f"round {invitation.round_id}: the deadline {invitation.deadline.isoformat()} has passed")
-    probe_json = transport.fetch(invitation.probe_url, MAX_PROBE_JSON_BYTES)
+    _check_deadline(invitation)
+    get = lambda url, limit: transport.fetch(url, limit, until=invitation.deadline, backoff=backoff)  # noqa: E731
+    probe_json = get(invitation.probe_url, MAX_PROBE_JSON_BYTES)
     if not verify(enrollment.key_b64, probe_json, invitation.probe_hmac_sha256):
         raise ProtocolError(f"{source}: its MAC does not verify with this device's key (forged or altered)")
-    npy = transport.fetch(invitation.centroids_url, MAX_CENTROID_BYTES)
-    probe, centroids = decode_probe(probe_json, npy, source, expected_round=invitation.round_id)
+    probe, centroids = decode_probe(probe_json, get(invitation.centroids_url, MAX_CENTROID_BYTES), source,
+                                    expected_round=invitation.round_id)  # fmt: skip
     model = probe_backbone(probe, weights_path)  # a backbone this device lacks: refused before any ε or feature
     adapted = None
     if probe.adapted_sha256 is not None:
         if invitation.adapted_url is None:
             raise ProtocolError(f"{source}: the probe ships an adapted feature space, the invitation has no adapted_url")
-        adapted = probe_adapted(probe, transport.fetch(invitation.adapted_url, MAX_ADAPTED_BYTES), source)
+        adapted = probe_adapted(probe, get(invitation.adapted_url, MAX_ADAPTED_BYTES), source)
+    _check_unanswered(ledger, probe.round_id)
     ledger.check(probe.round_id, probe.sigma, probe.delta, enrollment.epsilon_budget)
     answer = answer_probe(probe, centroids, images, enrollment.client_id, seed, weights_path, show_bar, model, adapted)
     signed = signed_response_bytes(answer.wire, enrollment.key_b64)
-    ledger.record(probe.round_id, probe.sigma, probe.delta)  # before the upload: a lost upload still counts
-    transport.put(invitation.response_url, signed)
-    return ClientAnswer(signed, answer.n_samples, ledger.spent(probe.delta), answer.seconds)
+    # kept before ε is recorded, ε recorded before the first upload: a crash at any point
+    # leaves either nothing released, or a recorded release whose exact bytes are kept
+    kept = ledger.keep(probe.round_id, enrollment.client_id, probe.sigma, probe.delta, invitation.deadline, signed)
+    _record_once(ledger, kept, enrollment.epsilon_budget)
+    attempts = _deliver(invitation, ledger, kept, backoff, on_retry)
+    outcome = "sent" if kept.signed() == signed else "resent"  # "resent": another run kept its answer first
+    return ClientAnswer(kept.signed(), answer.n_samples, ledger.spent(probe.delta), answer.seconds, outcome, attempts,
+                        str(ledger.kept_path(probe.round_id)))  # fmt: skip
+
+
+def resend_kept(
+    invitation: Invitation,
+    enrollment: Enrollment,
+    ledger: PrivacyLedger,
+    backoff: transport.Backoff = transport.Backoff(),
+    on_retry: transport.RetryHook | None = None,
+) -> ClientAnswer | None:
+    """For a round this device answered before: nothing, if its answer was delivered; else
+    the kept bytes again (no probe, no data, no new noise). None for a round never answered."""
+    if invitation.client_id != enrollment.client_id:
+        raise ProtocolError(f"invitation is for {invitation.client_id!r}, this device is {enrollment.client_id!r}")
+    start = time.perf_counter()
+    kept = ledger.kept(invitation.round_id)
+    if kept is None:
+        return None
+    path = str(ledger.kept_path(kept.round_id))
+    if kept.client_id != enrollment.client_id:
+        raise ProtocolError(f"kept response {path}: it is {kept.client_id!r}'s, "
+                            f"this device is {enrollment.client_id!r}")  # fmt: skip
+    if kept.sent_at is not None:
+        return ClientAnswer(kept.signed(), 0, ledger.spent(kept.delta), 0.0, "delivered before", 0, path)
+    _check_deadline(invitation, f"; its answer stays kept at {path}, never delivered")
+    _record_once(ledger, kept, enrollment.epsilon_budget)  # recorded already, unless a crash came in between
+    attempts = _deliver(invitation, ledger, kept, backoff, on_retry)
+    seconds = time.perf_counter() - start
+    return ClientAnswer(kept.signed(), 0, ledger.spent(kept.delta), seconds, "resent", attempts, path)
+
+
+def _check_deadline(invitation: Invitation, why_kept: str = "") -> None:
+    if datetime.now(timezone.utc) > invitation.deadline:
+        raise ProtocolError(f"round {invitation.round_id}: the deadline {invitation.deadline.isoformat()} has passed"
+                            f"{why_kept}")  # fmt: skip
+
+
+def _check_unanswered(ledger: PrivacyLedger, round_id: str) -> None:
+    """A round in the ledger without a kept response (a ledger from before responses were
+    kept): its bytes are gone, and a new answer would be a second release."""
+    if ledger.entry(round_id) is not None:
+        raise DuplicateRound(f"privacy ledger {ledger.path}: round {round_id!r} was already answered and no copy of "
+                             f"that answer is kept ({ledger.kept_path(round_id)}); not answering twice")  # fmt: skip
+
+
+def _record_once(ledger: PrivacyLedger, kept: KeptResponse, budget: float) -> None:
+    """ε of the kept response, recorded once: a second run of the same round finds it recorded."""
+    entry = ledger.entry(kept.round_id)
+    if entry is None:
+        ledger.check(kept.round_id, kept.sigma, kept.delta, budget)
+        ledger.record(kept.round_id, kept.sigma, kept.delta, kept.sha256)
+    elif entry.response_sha256 not in (None, kept.sha256):
+        raise ValueError(f"kept response {ledger.kept_path(kept.round_id)}: not the response the ledger "
+                         f"{ledger.path} recorded for round {kept.round_id!r}; not sending it")  # fmt: skip
+
+
+def _deliver(invitation: Invitation, ledger: PrivacyLedger, kept: KeptResponse, backoff: transport.Backoff,
+             on_retry: transport.RetryHook | None) -> int:  # fmt: skip
+    """Upload the kept bytes until they land or the URL expires; mark them sent. A failure
+    says, in its one line, that the answer stays kept for the next run."""
+    try:
+        attempts = transport.put_until(invitation.response_url, kept.signed(), invitation.deadline, backoff=backoff,
+                                       on_retry=on_retry)  # fmt: skip
+    except transport.TransportError as err:
+        why = "" if isinstance(err, transport.DeadlinePassed) else "; refused, not retried"
+        raise type(err)(f"{err}{why}; round {kept.round_id}'s answer stays kept at "
+                        f"{ledger.kept_path(kept.round_id)}") from None  # fmt: skip
+    ledger.mark_sent(kept.round_id)
+    return attempts
