@@ -1,6 +1,7 @@
-"""The edge client: verify the invitation's probe, answer, sign, upload once, keep a ledger."""
+"""The edge client: verify the invitation's probe, answer, sign, keep the answer, upload it, keep a ledger."""
 
 import hashlib
+import stat
 import subprocess
 import sys
 from datetime import datetime, timedelta, timezone
@@ -64,9 +65,11 @@ def test_answer_is_k_signed_noisy_scores_uploaded_once(setup):
     assert resp.scores().shape == (K,)
     assert abs(resp.scores().sum() - 40) < 6.1 * np.sqrt(K) * 5  # counts sum to n, plus noise
     assert answer.epsilon == pytest.approx(0.584, abs=0.002)
-    with pytest.raises(DuplicateRound):  # the same round twice: refused by the ledger before any upload
-        respond(invitation, enrollment, data.images, ledger, show_bar=False)
+    assert answer.outcome == "sent" and ledger.kept("r1").sent_at is not None
+    again = respond(invitation, enrollment, data.images, ledger, seed=1, show_bar=False)  # the same round twice
+    assert again.outcome == "delivered before" and again.wire == uploaded and again.attempts == 0
     assert store.read_bytes(layout.response("r1", "c1")) == uploaded  # the first answer is kept
+    assert [e.round_id for e in ledger.entries()] == ["r1"]  # ε spent once
 
 
 def test_second_upload_to_the_same_url_is_refused(setup, tmp_path):
@@ -172,3 +175,64 @@ def test_device_cli_says_in_one_line_that_it_lacks_the_backbone(setup, tmp_path)
     assert out.returncode == 2 and "is not on this device: model file not found" in out.stderr, out.stderr
     assert len(out.stderr.strip().splitlines()) == 1 and "Traceback" not in out.stderr
     assert not (tmp_path / "ledger.json").exists()
+
+
+# ------------------------------------------------------------------ kept answers (issue 16, item 5)
+OLD_LEDGER = b"""{
+ "version": 1,
+ "entries": [
+  {
+   "round_id": "r0",
+   "sigma": 6.1,
+   "delta": 1e-05,
+   "sent_at": "2026-11-01T10:00:00Z"
+  }
+ ]
+}"""  # as the device wrote it before answers were kept
+
+
+def test_a_ledger_from_before_kept_answers_is_read_and_its_rounds_are_not_answered_twice(setup):
+    store, enrollment, ledger = setup
+    ledger.path.parent.mkdir(parents=True)
+    ledger.path.write_bytes(OLD_LEDGER)
+    with pytest.raises(DuplicateRound, match=r"round 'r0' was already answered and no copy of that answer is kept"):
+        respond(publish(store, enrollment, "r0"), enrollment, make_imageset(4).images, ledger, show_bar=False)
+    assert not store.exists(layout.response("r0", "c1"))
+    answer = respond(publish(store, enrollment, "r1"), enrollment, make_imageset(4).images, ledger, show_bar=False)
+    entries = ledger.entries()
+    assert [(e.round_id, e.response_sha256) for e in entries] == [("r0", None),
+                                                                  ("r1", hashlib.sha256(answer.wire).hexdigest())]
+    assert b"response_sha256" not in ledger.path.read_bytes().split(b'"r1"')[0]  # the old entry is written as it was
+
+
+def test_the_answer_is_kept_privately_beside_the_ledger_before_it_is_uploaded(setup, monkeypatch):
+    import ecos_core.exchange.client as client
+
+    store, enrollment, ledger = setup
+    seen = {}
+
+    def put_until(url, data, until, **_kw):  # what the device holds at the moment of the first upload attempt
+        seen.update(kept=ledger.kept("r1"), entries=ledger.entries(), data=data)
+        return real(url, data, until)
+
+    real = client.transport.put_until
+    monkeypatch.setattr(client.transport, "put_until", put_until)
+    answer = respond(publish(store, enrollment), enrollment, make_imageset(8).images, ledger, show_bar=False)
+    assert seen["kept"].signed() == seen["data"] == answer.wire and seen["kept"].sent_at is None
+    assert [e.round_id for e in seen["entries"]] == ["r1"]  # ε recorded before the first attempt
+    path = ledger.kept_path("r1")
+    assert path.parent == ledger.path.parent / "ledger.responses" and answer.kept_path == str(path)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600 and stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+    assert sorted(p.name for p in path.parent.iterdir()) == ["r1.json"]  # no temporary file left
+
+
+def test_a_local_url_takes_the_same_bytes_again_and_refuses_others(tmp_path):
+    from ecos_core.exchange import transport
+
+    url = f"file://{tmp_path}/responses/c1.json"
+    assert transport.put_until(url, b"answer", None) == 1
+    assert transport.put_until(url, b"answer", None) == 1  # a re-send of the kept answer
+    with pytest.raises(transport.Refused, match="already uploaded with different bytes; not overwritten"):
+        transport.put(url, b"another answer")
+    assert (tmp_path / "responses" / "c1.json").read_bytes() == b"answer"
+    assert [p.name for p in (tmp_path / "responses").iterdir()] == ["c1.json"]
