@@ -23,6 +23,7 @@ S3_READY_TIMEOUT = 20.0
 PREFECT_READY_TIMEOUT = 120.0
 WORKER_READY_TIMEOUT = 60.0
 STOP_TIMEOUT = 15.0
+MIN_FLOW_HEARTBEAT_S = 30  # Prefect refuses a shorter PREFECT_FLOWS_HEARTBEAT_FREQUENCY
 
 
 class ServiceError(RuntimeError):
@@ -78,6 +79,8 @@ class Config:
     work_pool: str = "ecos-cpu"
     gpu_work_pool: str = "ecos-gpu"
     worker_query_seconds: str = "2"
+    flow_heartbeat_s: int = 30  # flow-run processes of our workers send a heartbeat this often
+    crash_after_s: int = 120  # a Running run without a heartbeat this long is marked Crashed
     prefect_bin: str = ""
     rclone_bin: Path = INFRA_DIR / "bin" / "rclone"
     env: dict[str, str] = field(default_factory=dict, repr=False)  # the merged .env + environment
@@ -103,6 +106,8 @@ class Config:
             work_pool=env.get("ECOS_WORK_POOL") or "ecos-cpu",
             gpu_work_pool=env.get("ECOS_GPU_WORK_POOL") or "ecos-gpu",
             worker_query_seconds=env.get("PREFECT_WORKER_QUERY_SECONDS") or "2",
+            flow_heartbeat_s=_int(env, "PREFECT_FLOWS_HEARTBEAT_FREQUENCY", 30),
+            crash_after_s=_int(env, "ECOS_CRASH_AFTER_S", 120),
             prefect_bin=prefect_bin,
             rclone_bin=Path(env.get("ECOS_RCLONE_BIN") or INFRA_DIR / "bin" / "rclone"),
             env=dict(env),
@@ -110,7 +115,16 @@ class Config:
         bucket = cfg.s3_bucket
         if not (3 <= len(bucket) <= 63) or "/" in bucket or bucket.startswith("."):
             raise ServiceError(f"ECOS_S3_BUCKET={bucket!r} is not a valid bucket name")
+        cfg._check_crash_detection()
         return cfg
+
+    def _check_crash_detection(self) -> None:
+        if self.flow_heartbeat_s < MIN_FLOW_HEARTBEAT_S:
+            raise ServiceError(f"PREFECT_FLOWS_HEARTBEAT_FREQUENCY={self.flow_heartbeat_s} is below Prefect's "
+                               f"minimum of {MIN_FLOW_HEARTBEAT_S} s")  # fmt: skip
+        if self.crash_after_s < self.flow_heartbeat_s + 10:  # a late heartbeat must not crash a live run
+            raise ServiceError(f"ECOS_CRASH_AFTER_S={self.crash_after_s} must be at least 10 s more than "
+                               f"PREFECT_FLOWS_HEARTBEAT_FREQUENCY ({self.flow_heartbeat_s} s)")  # fmt: skip
 
     # -- derived
     @property
@@ -132,6 +146,14 @@ class Config:
     @property
     def credentials_file(self) -> Path:
         return self.run_dir / "credentials.env"
+
+    @property
+    def installation_file(self) -> Path:
+        return self.run_dir / "installation-id"
+
+    def supervise_state(self, name: str) -> Path:
+        """What infra/supervise.py says about a supervised service (its child, restarts)."""
+        return self.run_dir / f"{name}.supervise.json"
 
     def pool_for(self, name: str) -> str:
         return self.gpu_work_pool if name == "gpu-worker" else self.work_pool
@@ -177,6 +199,32 @@ class Config:
         print(f"infra: generated S3 credentials in {self.credentials_file} (mode 600)", file=sys.stderr)
         self.s3_key, self.s3_secret = key, secret
         return key, secret
+
+    def installation_id(self, create: bool = True) -> str | None:
+        """This installation's random id, written once in the run dir (mode 600) at its first
+        `up`; None before that when not `create`. Pid files carry it, and the Prefect server
+        records the id of the installation that started it: a run dir copied from another
+        installation (pid files and all) names that one's processes, but cannot carry its id."""
+        try:
+            found = self.installation_file.read_text().strip()
+        except FileNotFoundError:
+            found = ""
+        if found:
+            if len(found) != 32 or not all(c in "0123456789abcdef" for c in found):
+                raise ServiceError(f"{self.installation_file} does not hold an installation id (32 hex digits); "
+                                   "remove it to generate a new one")  # fmt: skip
+            return found
+        if not create:
+            return None
+        self.ensure_run_dir()
+        try:
+            fd = os.open(self.installation_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:  # another `up` wrote it first: use that one
+            return self.installation_id()
+        new = secrets.token_hex(16)
+        with os.fdopen(fd, "w") as f:
+            f.write(new + "\n")
+        return new
 
 
 def _validate_credentials(key: str, secret: str) -> None:

@@ -1,5 +1,9 @@
 """The Prefect side of the services: the server, its work pools, the workers and the
-watcher (run under infra/supervise.py). Stdlib only, like infra/services.py."""
+watcher (both run under infra/supervise.py). Stdlib only, like infra/services.py.
+
+What the server is given when infra brings it up (see infra/prefect_records.py): the
+automation that marks a flow run Crashed when its process stops sending heartbeats, and
+the id of the installation that started it."""
 
 from __future__ import annotations
 
@@ -19,6 +23,7 @@ from infra.config import (
     ServiceError,
     env_for_clients,
 )
+from infra.prefect_records import ensure_crash_detection
 from infra.processes import Record, _base_env, _http, _launch, _service_running, _wait_ready
 
 
@@ -44,6 +49,7 @@ def _start_prefect(cfg: Config) -> Record:
     cfg.prefect_home.mkdir(parents=True, exist_ok=True)
     cmd = [cfg.prefect_bin, "server", "start", "--host", HOST, "--port", str(cfg.prefect_port)]
     env = {**_prefect_env(cfg), "PREFECT_UI_API_URL": cfg.prefect_api_url}  # else the UI calls :4200
+    env["PREFECT_SERVER_SERVICES_TRIGGERS_ENABLED"] = "true"  # runs the automation that crashes silent runs
     rec = _launch(cfg, "prefect", cmd, env, cfg.prefect_url, cfg.run_dir)
     rec.ready_s = _wait_ready(
         rec, lambda: _prefect_healthy(cfg), PREFECT_READY_TIMEOUT, f"Prefect server on port {cfg.prefect_port}"
@@ -80,19 +86,34 @@ def workers(cfg: Config, pool: str) -> list[dict]:
     return json.loads(body)
 
 
+def _supervised(cfg: Config, name: str, cmd: list[str]) -> list[str]:
+    """cmd under infra/supervise.py: restarted when it dies; its state file for status."""
+    state = cfg.supervise_state(name)
+    state.unlink(missing_ok=True)  # an earlier start's restarts are not this one's
+    return [_python(cfg), "-m", "infra.supervise", "--state", str(state), "--", *cmd]
+
+
+def _python(cfg: Config) -> str:
+    return str(Path(cfg.prefect_bin).parent / "python")
+
+
 def _start_worker(cfg: Config, name: str) -> Record:
     pool = cfg.pool_for(name)
     if _http(f"{cfg.prefect_api_url}/work_pools/{pool}")[0] != 200:
         ensure_pools(cfg)
+    ensure_crash_detection(cfg)  # also for a server started before this automation existed
     env = _prefect_env(cfg)
     if _service_running(cfg, "s3"):  # flow runs executed by this worker use the same store
         env.update(env_for_clients(cfg))
     env["PREFECT_API_URL"] = cfg.prefect_api_url
     env["PREFECT_WORKER_QUERY_SECONDS"] = cfg.worker_query_seconds
+    # Inherited by the flow-run processes: their heartbeats drive ensure_crash_detection's automation.
+    env["PREFECT_FLOWS_HEARTBEAT_FREQUENCY"] = str(cfg.flow_heartbeat_s)
     env["ECOS_REPO_DIR"] = str(REPO_ROOT)
     if _service_running(cfg, "s3"):  # results and task caches in the bucket (block made by infra/deploy.py)
         env.setdefault("PREFECT_RESULTS_PERSIST_BY_DEFAULT", "true")
         env.setdefault("PREFECT_DEFAULT_RESULT_STORAGE_BLOCK", f"remote-file-system/{RESULTS_BLOCK}")
+    # One name for every restart under the supervisor: the server lists one worker, ONLINE again.
     worker_name = f"{pool}-{socket.gethostname()}-{uuid.uuid4().hex[:6]}"
     cmd = [
         cfg.prefect_bin,
@@ -107,7 +128,8 @@ def _start_worker(cfg: Config, name: str) -> Record:
         worker_name,
     ]
     # Flow runs execute in the worker's working directory: the repo root, so flows/ imports.
-    rec = _launch(cfg, name, cmd, env, f"{cfg.prefect_api_url} pool {pool} worker {worker_name}", REPO_ROOT)
+    url = f"{cfg.prefect_api_url} pool {pool} worker {worker_name}"
+    rec = _launch(cfg, name, _supervised(cfg, name, cmd), env, url, REPO_ROOT)
     rec.ready_s = _wait_ready(
         rec,
         lambda: any(w.get("name") == worker_name for w in workers(cfg, pool)),
@@ -127,10 +149,9 @@ def _start_watcher(cfg: Config) -> Record:
     env = _prefect_env(cfg)
     env.update(env_for_clients(cfg))
     env["PREFECT_API_URL"] = cfg.prefect_api_url
-    python = str(Path(cfg.prefect_bin).parent / "python")
     beat = watcher_heartbeat(cfg)
     beat.unlink(missing_ok=True)  # an earlier start's heartbeat must not count as this one's
-    cmd = [python, "-m", "infra.supervise", "--", python, "-m", "ecos_cli", "watch", "--interval", "2", "--heartbeat", str(beat)]
+    cmd = _supervised(cfg, "watcher", [_python(cfg), "-m", "ecos_cli", "watch", "--interval", "2", "--heartbeat", str(beat)])
     rec = _launch(cfg, "watcher", cmd, env, f"{cfg.prefect_api_url} (resumes suspended rounds)", REPO_ROOT)
 
     def swept() -> bool:
