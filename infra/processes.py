@@ -81,6 +81,7 @@ class Record:
     log: str
     started_at: float
     ready_s: float | None = None  # seconds from launch to ready (this start only)
+    installation: str | None = None  # the id of the installation that started it (None: older pid files)
 
     @classmethod
     def read(cls, path: Path) -> Record | None:
@@ -94,6 +95,10 @@ class Record:
             return False
         now = _proc_start_time(self.pid)
         return self.start_time is None or now is None or now == self.start_time
+
+    def ours(self, cfg: Config) -> bool:
+        """Started by this installation: a pid file copied from another run dir is not."""
+        return self.installation is None or self.installation == cfg.installation_id(create=False)
 
 
 def _pid_file(cfg: Config, name: str) -> Path:
@@ -124,7 +129,8 @@ def _launch(cfg: Config, name: str, cmd: list[str], env: dict[str, str], url: st
         proc = subprocess.Popen(
             cmd, stdin=subprocess.DEVNULL, stdout=f, stderr=subprocess.STDOUT, env=env, cwd=cwd, start_new_session=True
         )
-    rec = Record(name, proc.pid, _proc_start_time(proc.pid), cmd, url, str(log), time.time())
+    rec = Record(name, proc.pid, _proc_start_time(proc.pid), cmd, url, str(log), time.time(),
+                 installation=cfg.installation_id())  # fmt: skip
     tmp = _pid_file(cfg, name).with_suffix(".pid.tmp")
     tmp.write_text(json.dumps(rec.__dict__))
     tmp.replace(_pid_file(cfg, name))
@@ -190,4 +196,4 @@ def _base_env() -> dict[str, str]:
 
 def _service_running(cfg: Config, name: str) -> bool:
     rec = Record.read(_pid_file(cfg, name))
-    return bool(rec and rec.alive())
+    return bool(rec and rec.alive() and rec.ours(cfg))

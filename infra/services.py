@@ -3,9 +3,11 @@
 - ``s3``: ``rclone serve s3`` over a local folder (an S3-compatible server that checks
   SigV4 signatures); buckets are the folder's top-level directories.
 - ``prefect``: ``prefect server start`` with its own PREFECT_HOME (own SQLite DB).
-- ``worker``: a process work pool (``ECOS_WORK_POOL``) and ``prefect worker start``.
+- ``worker``: a process work pool (``ECOS_WORK_POOL``) and ``prefect worker start``,
+  under infra/supervise.py (restarted when it dies).
 - ``gpu-worker``: a worker for ``ECOS_GPU_WORK_POOL`` (the pool is always created, the
   worker only when asked for by name).
+- ``watcher``: ``ecos watch`` under infra/supervise.py.
 
 State (pid files, logs, Prefect home, S3 data, generated credentials) lives in the run
 dir: ``ECOS_INFRA_DIR`` or ``infra/run`` (gitignored). Config comes only from the
@@ -65,6 +67,8 @@ from infra.processes import (  # noqa: F401
     log_tail,
 )
 
+from infra.prefect_records import claim_server, ensure_crash_detection, require_own_server, server_installation  # noqa: F401
+from infra.status_view import current_errors, supervise_line
 from infra.prefect_services import (  # noqa: F401 (re-exported: the CLI and tests use services.X)
     _prefect_env,
     _prefect_healthy,
@@ -144,11 +148,14 @@ def _expand(names: list[str] | tuple[str, ...] | None, default: tuple[str, ...])
 
 def _require_own_prefect(cfg: Config, name: str) -> None:
     """Workers and the watcher talk only to this installation's Prefect server (its pid
-    file in this run dir), never to whatever answers on the port: another installation's
-    server there would hand them its runs."""
-    if _service_running(cfg, "prefect"):
+    file in this run dir, and the server's record of this installation's id), never to
+    whatever answers on the port: another installation's server would hand them its runs."""
+    rec = Record.read(_pid_file(cfg, "prefect"))
+    if rec and rec.alive():
+        _require_ours(cfg, rec)
         if not _prefect_healthy(cfg):
             raise ServiceError(f"Prefect server (pid file {_pid_file(cfg, 'prefect')}) runs but is not healthy")
+        require_own_server(cfg, name)  # a pid file can be a copy, even with our id written in
         return
     if _port_open(cfg.prefect_port):
         raise ServiceError(f"port {HOST}:{cfg.prefect_port} is taken by a Prefect server that is not this "
@@ -157,13 +164,22 @@ def _require_own_prefect(cfg: Config, name: str) -> None:
     start("prefect", cfg)
 
 
+def _require_ours(cfg: Config, rec: Record) -> None:
+    if not rec.ours(cfg):
+        raise ServiceError(f"{_pid_file(cfg, rec.name)} names pid {rec.pid} of installation {rec.installation}, not "
+                           f"this one ({cfg.installation_id(create=False)}, run dir {cfg.run_dir}): a copy from another "
+                           "run dir? That process is not ours to use or stop; remove the file")  # fmt: skip
+
+
 def start(name: str, cfg: Config | None = None) -> Record:
     """Start one service unless it already runs; wait until it is ready. On failure,
     stop what was started for it and raise ServiceError with the log tail."""
     cfg = cfg or Config.load()
     cfg.ensure_run_dir()
+    cfg.installation_id()  # written at the first `up`: pid files and the Prefect server carry it
     rec = Record.read(_pid_file(cfg, name))
     if rec and rec.alive():
+        _require_ours(cfg, rec)
         print(f"infra: {name} already running (pid {rec.pid})", file=sys.stderr)
         rec.ready_s = 0.0
         return rec
@@ -177,8 +193,10 @@ def start(name: str, cfg: Config | None = None) -> Record:
     t0 = time.monotonic()
     try:
         rec = _STARTERS[name](cfg)
-        if name == "prefect":
+        if name == "prefect":  # the server we started is ours: record it, then what it serves
+            claim_server(cfg)
             ensure_pools(cfg)
+            ensure_crash_detection(cfg)
     except BaseException:  # not ready, pools failed, Ctrl-C: stop what we started for this service
         stop(name, cfg, quiet=True)
         raise
@@ -205,6 +223,10 @@ def stop(name: str, cfg: Config | None = None, timeout: float = STOP_TIMEOUT, qu
         pid_file.unlink(missing_ok=True)
         return False
     ran = rec.alive()
+    if ran and not rec.ours(cfg):  # a pid file copied from another run dir: never signal its process
+        print(f"infra: {name}: {pid_file} names pid {rec.pid} of installation {rec.installation}; not ours, "
+              "not stopped", file=sys.stderr)  # fmt: skip
+        return False
     if not ran and rec.start_time is not None and _proc_start_time(rec.pid) not in (None, rec.start_time):
         pid_file.unlink(missing_ok=True)  # the PID was reused by someone else: leave it alone
         return False
@@ -254,9 +276,10 @@ def status(cfg: Config | None = None, out=None) -> dict[str, dict]:
     result: dict[str, dict] = {}
     for name in SERVICES:
         rec = Record.read(_pid_file(cfg, name))
-        running = bool(rec and rec.alive())
+        alive = bool(rec and rec.alive())
+        running = alive and rec.ours(cfg)
         info = {
-            "state": "running" if running else "stopped",
+            "state": "running" if running else "foreign" if alive else "stopped",  # foreign: a copied pid file
             "pid": rec.pid if running and rec else None,
             "url": rec.url if rec else cfg.url_for(name),
             "log": str(_log_file(cfg, name)),
@@ -264,15 +287,20 @@ def status(cfg: Config | None = None, out=None) -> dict[str, dict]:
         if name == "prefect" and running:
             info["healthy"] = _prefect_healthy(cfg)
         if name == "watcher" and running:
-            try:  # what the watcher itself last said
+            try:  # what the watcher itself last said; errors of rounds it no longer tends are history
                 beat = json.loads(watcher_heartbeat(cfg).read_text())
-                info.update(sweeps=beat["sweeps"], last_sweep_at=beat["last_sweep_at"], errors=beat["errors"])
+                errors = current_errors(cfg, beat["errors"])
+                info.update(sweeps=beat["sweeps"], last_sweep_at=beat["last_sweep_at"], errors=errors)
             except (OSError, ValueError, KeyError):
                 info["healthy"] = False
+        if name in ("worker", "gpu-worker", "watcher") and running:
+            info["supervisor"] = supervise_line(cfg, name)
         result[name] = info
         pid = str(info["pid"] or "-")
         extra = "" if info.get("healthy", True) else " (not healthy)"
         print(f"{name:<11} {info['state']:<8}{extra} pid {pid:<8} {info['url']}\n{'':<11} log {info['log']}", file=out)
+        if info.get("supervisor"):
+            print(f"{'':<11} {info['supervisor']}", file=out)
         if "last_sweep_at" in info:
             print(f"{'':<11} last sweep {info['last_sweep_at']} ({info['sweeps']} in all)"
                   + "".join(f"\n{'':<11} error: {e}" for e in info["errors"]), file=out)  # fmt: skip
