@@ -115,6 +115,33 @@ def test_malformed_wrapper(data, problem):
         open_(data)
 
 
+@pytest.mark.parametrize(
+    "data",
+    [
+        json.dumps({"response": {"client_id": "x" * 60_000}, "hmac_sha256": "0" * 64}).encode(),
+        json.dumps({f"key-{i}": i for i in range(3_000)}).encode(),
+        b"[" * 10_000,
+        b'{"response": {"k": ' + b"9" * 5000 + b"}}",
+        b"",
+    ],
+)
+def test_a_hostile_upload_gets_a_short_one_line_refusal(data):
+    with pytest.raises(ProtocolError) as err:
+        open_(data)
+    assert len(str(err.value)) <= 300 and "\n" not in str(err.value), str(err.value)[:300]
+
+
+def test_a_registry_failure_is_not_a_refusal_of_the_upload():
+    """Only the upload's own problems are ProtocolErrors: a key that cannot be read now
+    (the store failing) passes through, so the upload is judged later, not refused."""
+
+    def unreadable(client_id: str) -> str:
+        raise OSError(f"registry of {client_id} unreachable")
+
+    with pytest.raises(OSError, match="registry of client-a unreachable"):
+        open_signed_response(signed(), "upload", unreadable)
+
+
 def test_signed_upload_stays_small_for_k_100():
     data = signed()
     assert len(data) <= 4 * K + 1024, len(data)
