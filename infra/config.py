@@ -24,6 +24,9 @@ PREFECT_READY_TIMEOUT = 120.0
 WORKER_READY_TIMEOUT = 60.0
 STOP_TIMEOUT = 15.0
 MIN_FLOW_HEARTBEAT_S = 30  # Prefect refuses a shorter PREFECT_FLOWS_HEARTBEAT_FREQUENCY
+# A flow-run process that infra did not configure beats every 180 s (Prefect's default): the
+# default window outlasts that by a minute, so no live run anywhere is taken for a dead one.
+DEFAULT_CRASH_AFTER_S = 240
 
 
 class ServiceError(RuntimeError):
@@ -80,7 +83,7 @@ class Config:
     gpu_work_pool: str = "ecos-gpu"
     worker_query_seconds: str = "2"
     flow_heartbeat_s: int = 30  # flow-run processes of our workers send a heartbeat this often
-    crash_after_s: int = 120  # a Running run without a heartbeat this long is marked Crashed
+    crash_after_s: int = DEFAULT_CRASH_AFTER_S  # a Running run without a heartbeat this long is marked Crashed
     prefect_bin: str = ""
     rclone_bin: Path = INFRA_DIR / "bin" / "rclone"
     env: dict[str, str] = field(default_factory=dict, repr=False)  # the merged .env + environment
@@ -107,7 +110,7 @@ class Config:
             gpu_work_pool=env.get("ECOS_GPU_WORK_POOL") or "ecos-gpu",
             worker_query_seconds=env.get("PREFECT_WORKER_QUERY_SECONDS") or "2",
             flow_heartbeat_s=_int(env, "PREFECT_FLOWS_HEARTBEAT_FREQUENCY", 30),
-            crash_after_s=_int(env, "ECOS_CRASH_AFTER_S", 120),
+            crash_after_s=_int(env, "ECOS_CRASH_AFTER_S", DEFAULT_CRASH_AFTER_S),
             prefect_bin=prefect_bin,
             rclone_bin=Path(env.get("ECOS_RCLONE_BIN") or INFRA_DIR / "bin" / "rclone"),
             env=dict(env),

@@ -31,11 +31,11 @@ _PROCESS_ENDS = ("Completed", "Failed", "TimedOut", "Crashed", "Cancelled", "Can
 
 
 def crash_automation(cfg: Config) -> dict:
-    """The automation as the API takes it (POST /automations/). Each run is watched from
-    its Running state or a heartbeat on, and the watch ends at the next heartbeat or at
-    one of _PROCESS_ENDS; a Paused/Suspended run is never marked Crashed. The server holds
-    events that arrive out of order, so a Suspended event evaluated before the last
-    heartbeat still closes that heartbeat's window."""
+    """The automation as the API takes it (POST /automations/). Each heartbeat opens a
+    watch of `within` seconds that the next heartbeat or one of _PROCESS_ENDS closes; a run
+    that never beats (heartbeats disabled) is never watched, and a Paused/Suspended one is
+    never marked Crashed. The server holds events that arrive out of order, so a Suspended
+    event evaluated before the last heartbeat still closes that heartbeat's watch."""
     return {
         "name": CRASH_AUTOMATION,
         "description": f"Marks a flow run Crashed when its process sent no heartbeat (every {cfg.flow_heartbeat_s} s) "
@@ -45,7 +45,7 @@ def crash_automation(cfg: Config) -> dict:
             "type": "event",
             "posture": "Proactive",
             "match": {"prefect.resource.id": "prefect.flow-run.*"},
-            "after": ["prefect.flow-run.heartbeat", "prefect.flow-run.Running"],
+            "after": ["prefect.flow-run.heartbeat"],
             "expect": ["prefect.flow-run.heartbeat", *(f"prefect.flow-run.{s}" for s in _PROCESS_ENDS)],
             "for_each": ["prefect.resource.id"],
             "threshold": 1,

@@ -326,6 +326,8 @@ def env_lines(cfg: Config | None = None, running_only: bool = False) -> list[str
         env = env_for_clients(cfg)
         for n in (n for n, running in up.items() if not running):
             print(f"infra: warning: {n} is not running", file=sys.stderr)
+    if "PREFECT_API_URL" in env:  # flows a client runs against the server beat like the workers' runs
+        env["PREFECT_FLOWS_HEARTBEAT_FREQUENCY"] = str(cfg.flow_heartbeat_s)
     return [f"export {k}={_shell_quote(v)}" for k, v in env.items()]
 
 

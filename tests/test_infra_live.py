@@ -103,6 +103,14 @@ def test_a_killed_worker_comes_back_online_by_itself(live):
     assert f"pid {child} exited with -9" in out.getvalue()
 
 
+def test_flow_runs_of_workers_and_clients_send_heartbeats(live):
+    """What the crash-detection automation relies on (tests/test_infra_zombie.py)."""
+    child = _supervised(live)["child"]
+    environ = Path(f"/proc/{child}/environ").read_bytes().split(b"\0")
+    assert f"PREFECT_FLOWS_HEARTBEAT_FREQUENCY={live.flow_heartbeat_s}".encode() in environ
+    assert f"export PREFECT_FLOWS_HEARTBEAT_FREQUENCY='{live.flow_heartbeat_s}'" in services.env_lines(live)
+
+
 # ---------------------------------------------------------------- item 8: a copied run dir
 def _second(live, tmp_path: Path, copy: str) -> services.Config:
     second = tmp_path / "second"
