@@ -42,7 +42,8 @@ def _run(fn) -> None:
 
 @infra_app.command("up")
 def up(services: list[str] | None = ServicesArg) -> None:
-    """Start services (all = s3, prefect, worker) and wait until each is ready."""
+    """Start services (all = s3, prefect, worker) and wait until each is ready. Workers and
+    the watcher run under a supervisor that restarts them when they die."""
     _run(lambda s: s.up(services or None))
 
 
@@ -54,7 +55,8 @@ def down(services: list[str] | None = ServicesArg) -> None:
 
 @infra_app.command("status")
 def status() -> None:
-    """Each service: running/stopped, pid, URL and log file."""
+    """Each service: running/stopped, pid, URL, log file; a supervised one's restarts, the
+    watcher's last sweep and its current errors."""
     _run(lambda s: s.status())
 
 
