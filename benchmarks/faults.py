@@ -5,11 +5,16 @@ every round.
     .venv/bin/python benchmarks/faults.py --rounds 30 --seed 0     # ≈ 15 min on 2 cores
     (CI runs 3 rounds: tests/test_fault_run.py)
 
-Faults, drawn per round: an oversized upload, garbage, a second validly signed answer
-(duplicate), an upload placed after the deadline with bucket credentials (late), the S3
-server stopped for 3 s, the watcher process SIGKILLed (its supervisor restarts it), and
-the round's run marked Crashed as a killed worker leaves it (the watcher schedules it
-again). Honest devices answer at random times before the deadline; some never answer.
+Faults, drawn per round: an oversized upload, garbage, a 0-byte body, a pathological body
+(deep nesting, invalid UTF-8, a huge number, a truncated or bit-flipped answer, random
+bytes), a second validly signed answer (duplicate), an upload placed after the deadline
+with bucket credentials (late), the S3 server stopped for 3 s, the S3 server stopped under
+a device's upload (the device retries the same bytes), the watcher process SIGKILLed (its
+supervisor restarts it), and the round's run marked Crashed as a killed worker leaves it
+(the watcher schedules it again). Honest devices answer at random times before the
+deadline, retrying as real devices do; some never answer, so a bad body may be all that a
+client's URL holds at the deadline. Once per run: an object over 50 MiB round-trips
+through the store, and at the end no Prefect API answer holds the S3 secret or a device key.
 
 After each round: every honest on-time answer is used, byte for byte; every refusal has
 a reason; the round was resumed by deadline + MARGIN_S; a re-run of the collection
@@ -38,7 +43,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-FAULTS = ("oversized", "garbage", "duplicate", "late", "s3-outage", "watcher-kill", "crash")
+FAULTS = ("oversized", "garbage", "empty", "pathological", "duplicate", "late", "s3-outage", "device-outage",
+          "watcher-kill", "crash")
 MARGIN_S = 30.0  # a round must be resumed within its deadline plus this
 K, SIGMA = 8, 6.1
 
@@ -178,6 +184,42 @@ def _kind(reason: str) -> str:
     return "malformed or forged"
 
 
+def pathological_body(rng: np.random.Generator, valid: bytes) -> bytes:
+    """Bytes that once stopped the judge, or could: deep nesting, invalid UTF-8, a huge
+    number, a truncated or bit-flipped valid answer, random bytes."""
+    flipped = bytearray(valid)
+    flipped[int(rng.integers(len(flipped)))] ^= 1 << int(rng.integers(8))
+    bodies = [b"[" * 10_000, b'{"response":' * 3_000, b'{"response": "\xff\xfe\xfd", "hmac_sha256": "\xc3"}',
+              b'{"response": {"k": 1' + b"0" * 5_000 + b'}, "hmac_sha256": "00"}', b'{"k": 1e999999}',
+              valid[: int(rng.integers(1, len(valid)))], bytes(flipped), rng.bytes(int(rng.integers(1, 4096)))]  # fmt: skip
+    return bodies[int(rng.integers(len(bodies)))]
+
+
+def device_upload_through_outage(live: SimpleNamespace, url: str, data: bytes, until: datetime) -> None:
+    """The S3 server stops while a device uploads and comes back 3 s later: the device's
+    retries (transport.put_until) deliver the same bytes."""
+    import threading
+
+    from ecos_core.exchange import transport
+    from infra import services
+
+    services.stop("s3", live.cfg, quiet=True)
+    errors: list[BaseException] = []
+
+    def upload() -> None:
+        try:
+            transport.put_until(url, data, until)
+        except BaseException as err:  # noqa: BLE001 - reported by the caller
+            errors.append(err)
+
+    device = threading.Thread(target=upload)
+    device.start()
+    time.sleep(3.0)
+    services.start("s3", live.cfg)
+    device.join(timeout=max(1.0, (until - datetime.now(timezone.utc)).total_seconds() + 5))
+    assert not device.is_alive() and not errors, f"the device's upload did not survive the outage: {errors}"
+
+
 def one_round(live: SimpleNamespace, rng: np.random.Generator, counts: Counter) -> dict:
     """One round with random faults; raises AssertionError when the invariant breaks."""
     from ecos_core.storage import layout
@@ -194,8 +236,9 @@ def one_round(live: SimpleNamespace, rng: np.random.Generator, counts: Counter) 
     targets = {f: clients[int(rng.integers(len(clients)))] for f in faults}
     applied: list[str] = []
     sent: dict[str, bytes] = {}
-    bad = {"oversized": lambda: b"x" * (5 << 20), "garbage": lambda: b"\x00not a response"}
-    for f in ("oversized", "garbage"):  # before the answer: the answer replaces them and must win
+    bad = {"oversized": lambda: b"x" * (5 << 20), "garbage": lambda: b"\x00not a response", "empty": lambda: b"",
+           "pathological": lambda: pathological_body(rng, signed_answer(live, r, targets["pathological"], 5.0))}  # fmt: skip
+    for f in ("oversized", "garbage", "empty", "pathological"):  # before any answer: an answer replaces them and must win
         if f in faults:
             transport.put(r.invites[targets[f]].response_url, bad[f]())
             applied.append(f)
@@ -211,12 +254,11 @@ def one_round(live: SimpleNamespace, rng: np.random.Generator, counts: Counter) 
         applied.append("watcher-kill")
     for c in honest:
         sent[c] = signed_answer(live, r, c, float(rng.normal(20, 5)))
-        for attempt in range(20):  # a device retries while the server is coming back
-            try:
-                transport.put(r.invites[c].response_url, sent[c])
-                break
-            except transport.TransportError:
-                time.sleep(0.5)
+        if "device-outage" in faults and c == targets["device-outage"]:  # S3 goes down under the device's upload
+            device_upload_through_outage(live, r.invites[c].response_url, sent[c], r.deadline)
+            applied.append("device-outage")
+        else:  # as a real device does: the same bytes again until they land or the URL expires
+            transport.put_until(r.invites[c].response_url, sent[c], r.deadline)
         counts["honest answers"] += 1
     if "duplicate" in faults and targets["duplicate"] in sent:  # after the cloud has the answer
         while not _judged(live, r, targets["duplicate"]) and datetime.now(timezone.utc) < r.deadline:
@@ -237,7 +279,7 @@ def one_round(live: SimpleNamespace, rng: np.random.Generator, counts: Counter) 
     out = collect_responses.fn(live.url, r.id, clients, 1, r.probe["deadline"], SIGMA, K, 0.3, False) if sent else None
     counts.update(applied)
     if out is None:
-        return {"round": r.id, "faults": applied, "accepted": 0}
+        return {"round": r.id, "run_id": r.run_id, "faults": applied, "accepted": 0}
     for c, data in sent.items():  # every honest on-time answer is used, byte for byte
         assert c in out["accepted"], f"round {r.id}: {c}'s honest answer was lost (faults {faults})"
         assert live.store.read_bytes(layout.accepted(r.id, c)) == data, f"round {r.id}: {c}'s answer was replaced"
@@ -255,7 +297,26 @@ def one_round(live: SimpleNamespace, rng: np.random.Generator, counts: Counter) 
             time.sleep(0.5)
         counts["crash"] += 1
         applied.append("crash")
-    return {"round": r.id, "faults": applied, "accepted": len(out["accepted"]), "refused": len(out["rejected"])}
+    return {"round": r.id, "run_id": r.run_id, "faults": applied, "accepted": len(out["accepted"]),
+            "refused": len(out["rejected"])}
+
+
+def large_object_round_trip(live: SimpleNamespace, mib: int = 64) -> None:
+    """An object over 50 MiB (a default pool's features are 56 MB) written and read back
+    through the real S3 server: s3fs reads it in ranges."""
+    array = np.random.default_rng(0).standard_normal(mib << 18).astype(np.float32)  # mib MiB of float32
+    live.store.write_npy("faults/large.npy", array)
+    assert np.array_equal(live.store.read_npy("faults/large.npy"), array), "a large object changed on its way"
+    live.store.delete("faults/large.npy")
+
+
+def no_secret_in_the_api(run_id: str) -> int:
+    """Every API answer a Prefect user can read (blocks, deployments, runs, inputs, logs)
+    is free of the S3 secret and of every device key; returns how many answers were read."""
+    from infra import smoke
+
+    smoke.assert_no_secret_in_api(dict(os.environ), run_id)
+    return len(smoke.api_answers(dict(os.environ), run_id))
 
 
 def run(rounds: int, seed: int = 0) -> Counter:
@@ -264,10 +325,13 @@ def run(rounds: int, seed: int = 0) -> Counter:
     quiet_task_logs()
     live = start_services(Path(tempfile.mkdtemp(prefix="ecos-faults-")))
     try:
+        large_object_round_trip(live)
+        counts["objects over 50 MiB round-tripped"] += 1
         for i in range(rounds):
             row = one_round(live, rng, counts)
             counts["rounds"] += 1
             print(f"round {i + 1}/{rounds}: {row}", flush=True)
+        counts["API answers read, none holding a secret"] = no_secret_in_the_api(str(row["run_id"]))
     finally:
         stop_services(live)
     counts["honest answers lost"] = counts["honest answers"] - counts["honest answers used"]
