@@ -48,7 +48,7 @@ from ecos_core.exchange.protocol import (
     decode_probe,
 )
 from ecos_core.settings import Settings
-from ecos_core.storage.store import Store
+from ecos_core.storage.store import Store, StoreError
 from flows.round_flow import ResponsesReady, round_id_of_run
 from tasks import catalog
 from tasks.uploads import RoundTerms, answered, judge_new_uploads
@@ -119,6 +119,11 @@ def round_terms(store_url: str, round_id: str, clients: tuple[str, ...]) -> Roun
     found = store.versions(layout.round_key(round_id, "probe"))
     if layout.probe_json(round_id) not in found:
         return None
+    limits = {layout.probe_json(round_id): MAX_PROBE_JSON_BYTES, layout.probe_centroids(round_id): MAX_CENTROID_BYTES,
+              layout.probe_adapted(round_id): MAX_ADAPTED_BYTES}  # fmt: skip
+    for key, limit in limits.items():  # an object grown past its limit is a broken probe, not a store failure
+        if key in found and found[key].size > limit:
+            raise ProtocolError(f"{store.uri(key)}: {found[key].size} bytes, larger than the {limit}-byte limit")
     return _verified_terms(store_url, round_id, clients, tuple(sorted((k, v.id) for k, v in found.items())))
 
 
@@ -147,8 +152,12 @@ def check_invited_with(store: Store, round_id: str, clients: tuple[str, ...], pr
         try:
             invitation = decode_invitation(store.read_bytes(key, MAX_INVITATION_BYTES), store.uri(key))
             key_b64 = load_enrollment(store, client_id).key_b64
-        except (FileNotFoundError, UnknownClient, ProtocolError):
+        except (FileNotFoundError, UnknownClient, ValueError):  # ValueError: a broken invitation or registry entry
             continue  # nothing to check with here; a forged probe.json still fails every invitation's MAC
+        except StoreError as err:
+            if "larger than" in str(err):  # an oversized invitation: broken, like the above
+                continue
+            raise  # the store failing: checked again next sweep, never passed unchecked
         if verify(key_b64, probe_json, invitation.probe_hmac_sha256):
             return
         mismatched.append(client_id)

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from ecos_core.storage import layout
-from ecos_core.exchange.auth import UnknownClient, load_enrollment, open_signed_response
+from ecos_core.exchange.auth import UnknownClient, load_enrollment, open_signed_response, registry_key
 from ecos_core.exchange.protocol import MAX_RESPONSE_BYTES, ProtocolError, Response, cut, decode_response
 from ecos_core.storage.store import Store, StoreError, Version
 
@@ -56,7 +56,8 @@ class RoundTerms:
             except StoreError:
                 raise
             except Exception as err:  # noqa: BLE001 - a broken registry entry is the cloud's problem, not a refusal
-                raise StoreError(f"registry entry of {client_id!r} unusable ({type(err).__name__}: {err})") from err
+                why = f"{store.uri(registry_key(client_id))}: unusable ({type(err).__name__}: {err})"
+                raise StoreError(why) from err
 
         return RoundTerms(round_id, tuple(clients), k, sigma, deadline, key_for)  # only invited clients have a key
 

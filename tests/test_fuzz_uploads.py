@@ -16,7 +16,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ecos_core.exchange.auth import Enrollment, canonical_json, sign, signed_response_bytes
+from ecos_core.exchange.auth import (
+    Enrollment,
+    canonical_json,
+    open_signed_response,
+    registry_key,
+    sign,
+    signed_response_bytes,
+)
 from ecos_core.exchange.protocol import MAX_RESPONSE_BYTES, ProtocolError, decode_response, response_json_bytes
 from ecos_core.storage import layout
 from ecos_core.storage.store import Store
@@ -123,8 +130,6 @@ def decide(data: bytes) -> bytes | None:
     """The verified payload of an accepted upload, or None for a refusal (ProtocolError);
     any other exception escapes and fails the property."""
     try:
-        from ecos_core.exchange.auth import open_signed_response
-
         inner = open_signed_response(data, "fuzz/c1.json", KEYS.get)
         decode_response(inner, "fuzz/c1.json", expected_round=ROUND, expected_k=K, sigma=SIGMA, known_clients=set(KEYS))
         return inner
@@ -165,8 +170,6 @@ def test_the_reported_bodies_are_refusals(data):
 @pytest.fixture(scope="module")
 def local(tmp_path_factory):
     store = Store(str(tmp_path_factory.mktemp("fuzz-store")))
-    from ecos_core.exchange.auth import registry_key
-
     for client, key in KEYS.items():
         doc = Enrollment(client_id=client, key_b64=key, issued_at=datetime.now(timezone.utc))
         store.write_bytes(registry_key(client), doc.model_dump_json().encode())

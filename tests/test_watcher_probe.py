@@ -16,11 +16,12 @@ import pytest
 from prefect import flow
 
 from s3_faults import K, quiet_tasks  # noqa: F401 (quiet_tasks: a fixture)
-from test_watcher import live, resumed_because, state_of  # noqa: F401 (the module's own servers)
+from test_watcher import live, state_of  # noqa: F401 (the module's own servers)
 import faults  # noqa: E402 (benchmarks/faults.py, put on sys.path by test_watcher)
 from infra import services
 from ecos_core.config import RoundConfig
 from ecos_core.embedding.feature_space import FEATURE_DIM
+from ecos_core.exchange.protocol import MAX_PROBE_JSON_BYTES
 from ecos_core.storage import layout
 
 pytestmark = pytest.mark.slow
@@ -70,9 +71,16 @@ def delete_centroids(live, r) -> None:
     live.store.delete(layout.probe_centroids(r.id))
 
 
-TAMPERS = {"probe.json": (tamper_probe_json, "probe/probe.json: changed after publish"),
-           "centroids.npy": (tamper_centroids, "probe/centroids.npy: sha256 does not match"),
-           "centroids.npy deleted": (delete_centroids, "probe/centroids.npy: no such object")}  # fmt: skip
+def oversize_probe_json(live, r) -> None:
+    live.store.write_bytes(layout.probe_json(r.id), b" " * (MAX_PROBE_JSON_BYTES + 1))
+
+
+TAMPERS = {  # how the probe is changed after publish, and what the round's failure must say
+    "probe.json": (tamper_probe_json, "probe/probe.json: changed after publish"),
+    "centroids.npy": (tamper_centroids, "probe/centroids.npy: sha256 does not match"),
+    "centroids.npy deleted": (delete_centroids, "probe/centroids.npy: no such object"),
+    "probe.json oversized": (oversize_probe_json, f"probe/probe.json: {MAX_PROBE_JSON_BYTES + 1} bytes, larger"),
+}
 
 
 def test_a_probe_changed_after_publish_is_noticed_and_fails_its_round_naming_it(watching, quiet_tasks):
