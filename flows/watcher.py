@@ -235,15 +235,25 @@ class Watcher:
         try:
             crashed = rounds_in(StateType.CRASHED)
         except Exception:  # noqa: BLE001 - reported above when the API is down
-            crashed = []
-        for run in crashed:
+            crashed = None
+        for run in crashed or []:
             if reason := self._handle(run, retry_crashed):
                 log(f"flow run {run.id} ({run.name}) {reason}")
+        if "prefect" not in self.errors and crashed is not None:
+            self._forget_all_but({str(r.id) for r in [*runs, *crashed]})
         self.sweeps += 1
         now = time.monotonic()
         self.stores.update({str(r.parameters["store_url"]): now for r in runs if r.parameters.get("store_url")})
         self._beat({url for url, seen in self.stores.items() if now - seen < STORE_MEMORY_S})
         return resumed
+
+    def _forget_all_but(self, tended: set[str]) -> None:
+        """Errors and backoffs of runs no longer suspended or crashed (failed, completed,
+        retried) are history: the heartbeat and `ecos infra status` show current ones only."""
+        for key in [k for k in self.errors if k != "prefect" and k not in tended]:
+            self.errors.pop(key, None)
+        for key in [k for k in self.retry_at if k not in tended]:
+            self.retry_at.pop(key, None)
 
     def _handle(self, run: FlowRun, step) -> str | None:  # noqa: ANN001 - tend or retry_crashed
         """step(run), isolated: its failure is logged and retried after a backoff of this run's own."""

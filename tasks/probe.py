@@ -32,7 +32,7 @@ def publish_probe(
     json_key, npy_key, npz_key = layout.probe_json(round_id), layout.probe_centroids(round_id), layout.probe_adapted(round_id)
     if reused:
         probe_json, npy = store.read_bytes(json_key), store.read_bytes(npy_key)
-        probe, _ = decode_probe(probe_json, npy, store.uri(json_key), round_id)
+        probe, _ = decode_probe(probe_json, npy, store.uri(layout.round_key(round_id, "probe")), round_id)
         if (probe.radii() is not None) != (coverage == "ball"):
             # clients answered (or will answer) under the published rule; the cloud must count the same way
             raise ValueError(f"round {round_id}: its published probe uses the "

@@ -267,3 +267,28 @@ def test_200_devices_answering_at_once_are_all_accepted(live, quiet_tasks):
     assert all(out["accepted"][c]["scores"][0] == float(int(c[-3:])) for c in clients)
     assert all(live.store.read_bytes(layout.accepted(r.id, c)) == d for c, d in zip(clients, sent))
     print(f"\n200 devices: uploads {uploaded_s:.1f} s, all judged and the round resumed at {resumed_s:.1f} s", file=sys.stderr)
+
+
+def test_errors_of_runs_no_longer_waiting_leave_the_heartbeat(monkeypatch, tmp_path):
+    """An error belongs to a run the watcher still tends: once the run is no longer suspended
+    or crashed it is history and leaves the heartbeat (what `ecos infra status` shows), but
+    nothing is forgotten while the API cannot say which runs are current."""
+    from flows import watcher as w
+
+    monkeypatch.setenv("ECOS_STORE", str(tmp_path / "store"))
+    watching = w.Watcher(tmp_path / "beat.json")
+    watching.errors = {"0b9f1c52-0000-4000-8000-000000000001": "flow run … (round-x): ValidationError; retrying in 1 s"}
+    watching.retry_at = {"0b9f1c52-0000-4000-8000-000000000001": (0.0, 1.0)}
+
+    def api_down(_state=None):
+        raise ConnectionError("Prefect API unreachable")
+
+    monkeypatch.setattr(w, "suspended_rounds", api_down)
+    monkeypatch.setattr(w, "rounds_in", api_down)
+    watching.sweep()
+    assert "0b9f1c52-0000-4000-8000-000000000001" in watching.errors and "prefect" in watching.errors
+    monkeypatch.setattr(w, "suspended_rounds", lambda: [])
+    monkeypatch.setattr(w, "rounds_in", lambda _state: [])
+    watching.sweep()
+    assert watching.errors == {} and watching.retry_at == {}
+    assert json.loads((tmp_path / "beat.json").read_text())["errors"] == []
