@@ -28,7 +28,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import sys
 import tempfile
 import time
@@ -43,16 +42,14 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from infra.processes import free_port as _free_port  # noqa: E402
+from process_faults import CRASH_AFTER_S, HEARTBEAT_S, run_process_faults  # noqa: E402  (beside this file)
+
 FAULTS = ("oversized", "garbage", "empty", "pathological", "duplicate", "late", "s3-outage", "device-outage",
           "watcher-kill", "crash")
 MARGIN_S = 30.0  # a round must be resumed within its deadline plus this
 K, SIGMA = 8, 6.1
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def quiet_task_logs() -> None:
@@ -79,7 +76,8 @@ def start_services(run_dir: Path, watcher: bool = True) -> SimpleNamespace:
 
     environ = {k: v for k, v in os.environ.items() if not k.startswith(("ECOS_", "PREFECT_API_"))}
     environ.update(ECOS_INFRA_DIR=str(run_dir), ECOS_S3_PORT=str(_free_port()), ECOS_PREFECT_PORT=str(_free_port()),
-                   ECOS_S3_BUCKET="ecos", ECOS_WORK_POOL="faults-cpu", ECOS_GPU_WORK_POOL="faults-gpu")  # fmt: skip
+                   ECOS_S3_BUCKET="ecos", ECOS_WORK_POOL="faults-cpu", ECOS_GPU_WORK_POOL="faults-gpu",
+                   PREFECT_FLOWS_HEARTBEAT_FREQUENCY=str(HEARTBEAT_S), ECOS_CRASH_AFTER_S=str(CRASH_AFTER_S))  # fmt: skip
     cfg = services.Config.load(environ, dotenv=run_dir / "no.env")
     for name in ("s3", "prefect"):
         services.start(name, cfg)
@@ -319,7 +317,7 @@ def no_secret_in_the_api(run_id: str) -> int:
     return len(smoke.api_answers(dict(os.environ), run_id))
 
 
-def run(rounds: int, seed: int = 0) -> Counter:
+def run(rounds: int, seed: int = 0, process_faults: bool = True) -> Counter:
     counts: Counter = Counter()
     rng = np.random.default_rng(seed)
     quiet_task_logs()
@@ -331,6 +329,8 @@ def run(rounds: int, seed: int = 0) -> Counter:
             row = one_round(live, rng, counts)
             counts["rounds"] += 1
             print(f"round {i + 1}/{rounds}: {row}", flush=True)
+        if process_faults:  # once per run: about 2 min (a heartbeat, the crash window, a re-run)
+            print(f"process faults: {run_process_faults(live, counts)}", flush=True)
         counts["API answers read, none holding a secret"] = no_secret_in_the_api(str(row["run_id"]))
     finally:
         stop_services(live)
@@ -341,8 +341,9 @@ def run(rounds: int, seed: int = 0) -> Counter:
 if __name__ == "__main__":
     import typer
 
-    def main(rounds: int = typer.Option(30), seed: int = typer.Option(0)) -> None:
-        counts = run(rounds, seed)
+    def main(rounds: int = typer.Option(30), seed: int = typer.Option(0),
+             process_faults: bool = typer.Option(True, help="Also kill a worker and a flow-run process (≈ 2 min).")) -> None:
+        counts = run(rounds, seed, process_faults)
         print("\n".join(f"{k}: {v}" for k, v in sorted(counts.items(), key=lambda kv: str(kv[0]))))
         assert counts["honest answers lost"] == 0
 

@@ -182,6 +182,13 @@ def _http(
     raise AssertionError("unreachable")
 
 
+def free_port() -> int:
+    """A port nothing listens on now (the OS picks it): for tests and runs beside other installations."""
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return sock.getsockname()[1]
+
+
 def _port_open(port: int) -> bool:
     with socket.socket() as s:
         s.settimeout(0.5)

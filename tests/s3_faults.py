@@ -9,7 +9,6 @@ import base64
 import json
 import logging
 import os
-import socket
 import sys
 import uuid
 from pathlib import Path
@@ -21,6 +20,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from infra import services  # noqa: E402
+from infra.processes import free_port as _free_port  # noqa: E402
 
 from ecos_core.exchange.auth import enroll, save_enrollment, signed_response_bytes  # noqa: E402
 from ecos_core.config import RoundConfig  # noqa: E402
@@ -50,11 +50,6 @@ ROUND = RoundConfig.model_validate(
 CLIENTS = list(ROUND.clients)
 BOUNDED_S = 30.0  # a store operation against a dead server must give up within this
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 

@@ -16,7 +16,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import sys
 import time
 from datetime import datetime, timezone
@@ -28,15 +27,11 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from infra import services  # noqa: E402
+from infra.processes import free_port as _free_port  # noqa: E402
 from infra.processes import _pid_alive  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _environ(run_dir: Path, **ports: str) -> dict[str, str]:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import sys
 import time
 from pathlib import Path
@@ -28,6 +27,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from infra import services  # noqa: E402
+from infra.processes import free_port as _free_port  # noqa: E402
 from infra.prefect_records import CRASH_AUTOMATION, crash_automation  # noqa: E402
 
 pytestmark = pytest.mark.slow
@@ -80,11 +80,6 @@ def test_a_window_that_would_crash_live_runs_is_refused(tmp_path: Path, env: dic
     flag = "=".join(next(iter(env.items())))
     assert str(err.value).startswith(flag) and "\n" not in str(err.value)
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

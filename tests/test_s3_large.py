@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import io
 import os
-import socket
 import sys
 import uuid
 from pathlib import Path
@@ -19,17 +18,13 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from infra import services  # noqa: E402
+from infra.processes import free_port as _free_port  # noqa: E402
 
 from ecos_core.settings import Settings  # noqa: E402
 from ecos_core.storage.store import Store, StoreError  # noqa: E402
 
 LARGE = 64 * 1024 * 1024 + 12345  # over s3fs's 50 MiB part size, not a multiple of it
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

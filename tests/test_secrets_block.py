@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -18,15 +17,11 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from infra import services  # noqa: E402
+from infra.processes import free_port as _free_port  # noqa: E402
 from infra.processes import _http  # noqa: E402
 
 pytestmark = pytest.mark.slow  # a Prefect server start: ~15-40 s on these machines
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _environ(run_dir: Path) -> dict[str, str]:
