@@ -221,7 +221,9 @@ def clients_invitation(
             raise FileNotFoundError(f"{st.uri(key)}: no invitation (is the round published, the client invited?)")
         time.sleep(1.0)
         st.invalidate()
-    out.write_bytes(st.read_bytes(key, 1 << 16))
+    from ecos_core.storage.private_file import write_private
+
+    write_private(out, st.read_bytes(key, 1 << 16))  # 0600: its pre-signed URL lets the holder answer for the client
     typer.echo(f"invitation for {client_id}, round {round_id}: {out}")
 
 

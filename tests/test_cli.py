@@ -111,6 +111,18 @@ def test_enrolling_an_enrolled_client_says_rotate(tmp_path):
     assert out.returncode == 2 and "--rotate" in out.stderr and len(out.stderr.strip().splitlines()) == 1
 
 
+def test_an_invitation_is_written_for_its_owner_only(tmp_path):
+    """Its pre-signed upload URL lets whoever holds it answer for the client."""
+    from ecos_core.storage import layout
+    from ecos_core.storage.store import Store
+
+    Store(str(tmp_path / "s")).write_bytes(layout.invitation("r1", "dev-1"), b'{"round_id": "r1"}')
+    result = runner.invoke(app, ["clients", "invitation", "dev-1", "--round", "r1", "--out", str(tmp_path / "i.json"),
+                                 "--store", str(tmp_path / "s")])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "i.json").stat().st_mode & 0o777 == 0o600
+
+
 @pytest.mark.slow
 def test_ctrl_c_stops_a_run_within_seconds_and_a_rerun_resumes_it(tmp_path):
     """Ctrl-C: one line, exit within 10 s, no process left, the round folder marked

@@ -25,7 +25,6 @@ import json
 import os
 import re
 import secrets
-import uuid
 from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
@@ -34,6 +33,7 @@ from typing import Any
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from ecos_core.exchange.protocol import ID_PATTERN, MAX_RESPONSE_BYTES, ProtocolError, cut
+from ecos_core.storage.private_file import write_private
 from ecos_core.storage.store import Store
 
 KEY_BYTES = 32
@@ -154,21 +154,7 @@ def registry_key_for(store: Store) -> Callable[[str], str | None]:
 
 def save_enrollment(enrollment: Enrollment, path: str | os.PathLike[str]) -> None:
     """Write the device's copy, readable by its owner only (0600), atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex}")
-    # Created 0600 from the start: a chmod after writing would leave the key readable for a moment.
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(enrollment.model_dump_json(indent=1).encode())
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o600)  # in case of an unusual umask/filesystem
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    write_private(path, enrollment.model_dump_json(indent=1).encode())
 
 
 def read_enrollment(path: str | os.PathLike[str]) -> Enrollment:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
-import uuid
 from collections import Counter
 from collections.abc import Iterable
 from datetime import datetime, timezone
@@ -28,6 +27,7 @@ import dp_accounting
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 
 from ecos_core.privacy.accounting import epsilon, gaussian_event
+from ecos_core.storage.private_file import write_private as _write_atomic
 from ecos_core.exchange.protocol import ID_PATTERN
 
 LEDGER_VERSION = 1
@@ -204,37 +204,3 @@ class PrivacyLedger:
         sent = kept.model_copy(update={"sent_at": datetime.now(timezone.utc)})
         _write_atomic(self.kept_path(round_id), sent.model_dump_json(indent=1).encode())
         return sent
-
-
-def _write_atomic(path: Path, data: bytes, exclusive: bool = False) -> None:
-    """Write a temporary file (0600), fsync it, then rename it over `path` (or, exclusive,
-    link it: FileExistsError if `path` exists), and fsync the folder: a crash leaves the
-    old file or the new one, never half, and a written file survives a power cut."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex}")
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        if exclusive:
-            os.link(tmp, path)
-        else:
-            os.replace(tmp, path)
-        _fsync_dir(path.parent)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return  # not every platform opens folders; the rename itself is still atomic
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
