@@ -60,6 +60,13 @@ def _heartbeat_seen(cfg, run_id: str, timeout: float = 2.0 * HEARTBEAT_S) -> Non
         time.sleep(1.0)
 
 
+def _kill_group(pid_file: Path) -> None:
+    try:
+        os.killpg(int(pid_file.read_text().split()[1]), signal.SIGKILL)
+    except (OSError, ValueError, IndexError):
+        pass  # gone already, or never started
+
+
 def _worker_online(cfg) -> bool:  # noqa: ANN001
     return any(w.get("status") == "ONLINE" for w in _api(cfg, f"/work_pools/{cfg.work_pool}/workers/filter", {}))
 
@@ -76,25 +83,30 @@ def run_process_faults(live: SimpleNamespace, counts) -> dict:  # noqa: ANN001
     work = Path(cfg.run_dir) / "stand-in"
     work.mkdir(exist_ok=True)
     run_id, pid_file, flag = _stand_in(cfg, work)
-    _wait(cfg, run_id, {"Running"}, 180)
-    _heartbeat_seen(cfg, run_id)
-    first_pid, group = (int(x) for x in pid_file.read_text().split())
-    worker = json.loads(cfg.supervise_state("worker").read_text())["child"]
-    os.kill(worker, signal.SIGKILL)  # the worker: nobody runs `ecos infra up worker` afterwards
-    os.killpg(group, signal.SIGKILL)  # then the round's own flow-run process group
-    counts.update(["worker-kill", "flow-process-kill"])
-    # Crashed, then at once AwaitingRetry (the watcher): either shows the run left Running
-    crashed_s = _wait(cfg, run_id, {"Crashed", "AwaitingRetry", "Late", "Pending"}, 2 * CRASH_AFTER_S + 45)
-    start = time.monotonic()  # the watcher schedules it again; the supervised worker (back by now) runs it
-    while not (pid_file.exists() and int(pid_file.read_text().split()[0]) != first_pid):
-        assert time.monotonic() - start < 180, f"crashed run {run_id} was not run again"
-        time.sleep(1.0)
-    assert _worker_online(cfg), "the killed worker is not back ONLINE"
-    flag.unlink()
-    _wait(cfg, run_id, {"Completed"}, 60)
-    running = _api(cfg, "/flow_runs/filter", {"flow_runs": {"state": {"type": {"any_": ["RUNNING"]}}}})
-    assert not running, f"runs left Running: {[r['name'] for r in running]}"
-    restarts = json.loads(cfg.supervise_state("worker").read_text()).get("restarts")
-    counts["crashed after its processes were killed (s)"] = round(crashed_s)
-    counts["rerun after the crash (s)"] = round(time.monotonic() - start)
+    try:
+        _wait(cfg, run_id, {"Running"}, 180)
+        _heartbeat_seen(cfg, run_id)
+        first_pid, group = (int(x) for x in pid_file.read_text().split())
+        worker = json.loads(cfg.supervise_state("worker").read_text())["child"]
+        os.kill(worker, signal.SIGKILL)  # the worker: nobody runs `ecos infra up worker` afterwards
+        os.killpg(group, signal.SIGKILL)  # then the round's own flow-run process group
+        counts.update(["worker-kill", "flow-process-kill"])
+        # Crashed, then at once AwaitingRetry (the watcher): either shows the run left Running
+        crashed_s = _wait(cfg, run_id, {"Crashed", "AwaitingRetry", "Late", "Pending"}, 2 * CRASH_AFTER_S + 45)
+        start = time.monotonic()  # the watcher schedules it again; the supervised worker (back by now) runs it
+        while not (pid_file.exists() and int(pid_file.read_text().split()[0]) != first_pid):
+            assert time.monotonic() - start < 180, f"crashed run {run_id} was not run again"
+            time.sleep(1.0)
+        assert _worker_online(cfg), "the killed worker is not back ONLINE"
+        flag.unlink()
+        _wait(cfg, run_id, {"Completed"}, 60)
+        pid_file.unlink()  # done: nothing of it is left to kill
+        running = _api(cfg, "/flow_runs/filter", {"flow_runs": {"state": {"type": {"any_": ["RUNNING"]}}}})
+        assert not running, f"runs left Running: {[r['name'] for r in running]}"
+        restarts = json.loads(cfg.supervise_state("worker").read_text()).get("restarts")
+        counts["crashed after its processes were killed (s)"] = round(crashed_s)
+        counts["rerun after the crash (s)"] = round(time.monotonic() - start)
+    finally:  # a failure above must not leave the stand-in looping: its flag goes, its group is killed
+        flag.unlink(missing_ok=True)
+        _kill_group(pid_file)
     return {"run_id": run_id, "crashed_s": crashed_s, "worker_restarts": restarts}

@@ -14,6 +14,7 @@ import time
 from prefect import flow
 
 from ecos_core.config import RoundConfig
+from ecos_core.settings import Settings
 from flows import run_names
 from flows.ingest_flow import ingest_flow
 from flows.pool_index_flow import pool_index_flow
@@ -25,7 +26,10 @@ from tasks.store import check_store
 
 
 @flow(name="ecos-index", log_prints=True, flow_run_name=run_names.index_run)
-def index_flow(cfg: RoundConfig = RoundConfig(), store_url: str = "./ecos-store") -> dict:
+def index_flow(cfg: RoundConfig = RoundConfig(), store_url: str | None = None) -> dict:
+    """store_url: None is the configured store (ECOS_STORE), so the nightly deployment,
+    which passes none, warms the cache the deployed rounds read."""
+    store_url = store_url or Settings().store
     check_store(store_url)
     if cfg.data.pool:
         return _index_ingested_pool(cfg, store_url)

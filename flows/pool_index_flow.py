@@ -14,6 +14,7 @@ from prefect import flow, get_run_logger, unmapped
 from ecos_core.storage import layout
 from flows import run_names
 from ecos_core.config import IndexConfig
+from ecos_core.settings import Settings
 from ecos_core.storage.content import content_key
 from ecos_core.sampling.class_share import guess_setting
 from ecos_core.sampling.index import sample_rows, train_centroids
@@ -71,7 +72,7 @@ def _index_shards(pool_url: str, store_url: str, index: IndexConfig, seed: int, 
 @flow(name="ecos-pool-index", log_prints=True, flow_run_name=run_names.pool_index_run)
 def pool_index_flow(
     pool_url: str,
-    store_url: str = "./ecos-store",
+    store_url: str | None = None,
     index: IndexConfig = IndexConfig(),
     seed: int = 0,
     dask_address: str | None = None,
@@ -82,6 +83,7 @@ def pool_index_flow(
     """dask_address: an existing cluster (tcp://host:8786); else a local one of `workers` processes.
     classes: the annotators' classes (train.num_classes), for the combined space's CNN.
     source: what the user gave (a manifest, a folder), named in errors instead of pool_url."""
+    store_url = store_url or Settings().store  # None: the configured store (ECOS_STORE), as every flow
     check_store(store_url)
     if index.feature_space == "combined":  # a pool it cannot train on fails now, not after every shard
         check_pool_for_adapted(pool_url, index, classes, where=source)

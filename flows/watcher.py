@@ -32,7 +32,7 @@ from prefect.client.schemas.filters import (
 )
 from prefect.client.schemas.objects import FlowRun, StateType
 from prefect.flow_runs import resume_flow_run
-from prefect.states import Failed, Scheduled
+from prefect.states import Failed, Scheduled, State
 
 from ecos_core.storage import layout
 from ecos_core.config import RoundConfig
@@ -96,7 +96,15 @@ def retry_crashed(run: FlowRun) -> str | None:
     if (datetime.now(timezone.utc) - run.state.timestamp).total_seconds() > CRASH_RETRY_WINDOW_S:
         return None  # crashed long ago (before this watcher's time): left as it is
     with get_client(sync_client=True) as client:
-        crashes = sum(s.type == StateType.CRASHED for s in client.read_flow_run_states(run.id))
+        states = sorted(client.read_flow_run_states(run.id), key=lambda s: s.timestamp)
+        before = next((s for s in reversed(states) if s.type != StateType.CRASHED), None)
+        if before is not None and before.type == StateType.PAUSED:
+            # a heartbeat sent as the run suspended outlived the Suspended event, so the crash
+            # automation took the waiting round for a dead one: it has no process by design
+            client.set_flow_run_state(run.id, State(type=StateType.PAUSED, name=before.name,
+                                                    state_details=before.state_details), force=True)  # fmt: skip
+            return "was waiting, not dead: suspended again"
+        crashes = sum(s.type == StateType.CRASHED for s in states)
         if crashes > MAX_CRASH_RETRIES:
             client.set_flow_run_state(run.id, Failed(message=f"crashed {crashes} times; not retried again"), force=True)
             return f"crashed {crashes} times: marked Failed, not retried again"
@@ -110,15 +118,15 @@ def round_of(run: FlowRun) -> tuple[str, RoundConfig, str]:
             params.get("store_url") or Settings().store)  # fmt: skip
 
 
-def round_terms(store_url: str, round_id: str, clients: tuple[str, ...]) -> RoundTerms | None:
+def round_terms(store_url: str, round_id: str, clients: tuple[str, ...]) -> RoundTerms:
     """A round's probe, verified again whenever one of its objects changes (one LIST per
     sweep gives their versions): a probe altered after publish is noticed at the next sweep.
-    None while no probe.json is published; ProtocolError, ValueError or FileNotFoundError
-    when the probe does not verify."""
+    ProtocolError, ValueError or FileNotFoundError when the probe does not verify, or is
+    gone: a round suspends only after publishing it, so no device can answer it any more."""
     store = catalog.store(store_url)
     found = store.versions(layout.round_key(round_id, "probe"))
     if layout.probe_json(round_id) not in found:
-        return None
+        raise FileNotFoundError(f"{store.uri(layout.probe_json(round_id))}: no such object (deleted after publish?)")
     limits = {layout.probe_json(round_id): MAX_PROBE_JSON_BYTES, layout.probe_centroids(round_id): MAX_CENTROID_BYTES,
               layout.probe_adapted(round_id): MAX_ADAPTED_BYTES}  # fmt: skip
     for key, limit in limits.items():  # an object grown past its limit is a broken probe, not a store failure
@@ -183,8 +191,6 @@ def tend(run: FlowRun) -> ResponsesReady | None:
     except (ProtocolError, ValueError, FileNotFoundError) as err:  # no device can answer a probe that does not verify
         problem = f"its probe is unreadable ({one_line(err)})"
         return ResponsesReady(reason=f"{problem}; resumed so the round reports it", probe_error=problem)
-    if terms is None:
-        return None
     unjudged: list[str] = []
     for v in judge_new_uploads(store, terms, unjudged):
         outcome = "accepted" if v["verdict"] == "accepted" else f"refused: {v['reason']}"

@@ -212,6 +212,8 @@ class Config:
             found = self.installation_file.read_text().strip()
         except FileNotFoundError:
             found = ""
+        if not found and self.installation_file.exists():  # an empty file from an interrupted older write
+            self.installation_file.unlink(missing_ok=True)
         if found:
             if len(found) != 32 or not all(c in "0123456789abcdef" for c in found):
                 raise ServiceError(f"{self.installation_file} does not hold an installation id (32 hex digits); "
@@ -219,14 +221,14 @@ class Config:
             return found
         if not create:
             return None
+        from ecos_core.storage.private_file import write_private  # stdlib only underneath
+
         self.ensure_run_dir()
-        try:
-            fd = os.open(self.installation_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:  # another `up` wrote it first: use that one
-            return self.installation_id()
         new = secrets.token_hex(16)
-        with os.fdopen(fd, "w") as f:
-            f.write(new + "\n")
+        try:  # written whole under a temporary name, then linked: never seen empty or half written
+            write_private(self.installation_file, (new + "\n").encode(), exclusive=True)
+        except FileExistsError:  # another `up` wrote it first: use that one
+            return self.installation_id(create=False) or new
         return new
 
 

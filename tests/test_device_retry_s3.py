@@ -132,7 +132,8 @@ def test_cli_interrupted_during_an_outage_resends_the_same_bytes_on_a_rerun(s3, 
             first.kill()
         services.start("s3", s3)
     said = err_path.read_text().strip().splitlines()
-    assert first.returncode == 130 and stopped_s < 1.0, (first.returncode, stopped_s, said[-3:])
+    # within seconds (the standard), with room for the interpreter's exit on a loaded CI machine
+    assert first.returncode == 130 and stopped_s < 5.0, (first.returncode, stopped_s, said[-3:])
     ledger = PrivacyLedger(home / "ledger.json")
     kept = ledger.kept(rid)
     assert said[-1] == f"interrupted: round {rid} not delivered; its answer is kept at {ledger.kept_path(rid)}; run " \

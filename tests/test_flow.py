@@ -312,3 +312,14 @@ def test_the_round_spends_its_budget_class_by_class(first_round, store_url):
     assert "spent their cluster shares class by class" in report and not _by_class([old])  # what was done, not asked
     alone = TINY.model_copy(update={"index": TINY.index.model_copy(update={"feature_space": "backbone"})})
     assert load_classes(store_url, index_flow(alone, store_url)["index"]["key"]) is None  # no guesses: the plain rule
+
+
+def test_the_index_flow_without_a_store_uses_the_configured_one(first_round, store_url, monkeypatch, tmp_path):
+    """The nightly deployment passes no store: it must warm the store the rounds read
+    (ECOS_STORE), not a local ./ecos-store beside the worker."""
+    from flows.index_flow import index_flow
+
+    monkeypatch.setenv("ECOS_STORE", store_url)
+    monkeypatch.chdir(tmp_path)
+    out = index_flow(TINY)
+    assert out["features"]["cache_hits"] and not (tmp_path / "ecos-store").exists()

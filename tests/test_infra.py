@@ -217,3 +217,14 @@ def test_stop_by_pid_closes_ports_and_leaves_no_process(infra: services.Config) 
     assert time.monotonic() - t0 < 30
     assert {v["state"] for v in services.status(infra).values()} == {"stopped"}
     assert services.stop("s3", infra) is False  # stopping again is harmless
+
+
+def test_an_empty_installation_id_file_is_replaced_not_a_lock_out(tmp_path):
+    """An `up` killed while creating the id (or a full disk) left an empty file: the next `up`
+    makes a whole new id instead of failing (it recursed without end)."""
+    cfg = services.Config.load({"ECOS_INFRA_DIR": str(tmp_path)}, dotenv=tmp_path / "none")
+    cfg.ensure_run_dir()
+    cfg.installation_file.write_text("")
+    made = cfg.installation_id()
+    assert len(made) == 32 and cfg.installation_id() == made
+    assert cfg.installation_file.stat().st_mode & 0o777 == 0o600

@@ -292,3 +292,24 @@ def test_errors_of_runs_no_longer_waiting_leave_the_heartbeat(monkeypatch, tmp_p
     watching.sweep()
     assert watching.errors == {} and watching.retry_at == {}
     assert json.loads((tmp_path / "beat.json").read_text())["errors"] == []
+
+
+def test_a_suspended_round_marked_crashed_waits_again_and_resumes_with_its_answers(live, quiet_tasks):
+    """A heartbeat sent as the run suspended can make the crash automation mark the waiting
+    round Crashed: the watcher suspends it again (keeping its run input), never re-runs it,
+    and resumes it when its clients answer."""
+    from prefect import get_client
+    from prefect.states import Crashed
+
+    from flows.watcher import Watcher
+
+    r = suspended_round(live)
+    with get_client(sync_client=True) as client:
+        client.set_flow_run_state(r.run_id, Crashed(message="No heartbeat"), force=True)
+    watching = Watcher()
+    watching.sweep()
+    assert state_of(r) == "Suspended"  # not AwaitingRetry: a re-run would be a second round
+    for c in CLIENTS:
+        answer(live, r, c, 10.0)
+    watching.sweep()
+    assert state_of(r) != "Suspended" and "answered" in resumed_because(r)

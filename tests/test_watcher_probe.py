@@ -71,6 +71,10 @@ def delete_centroids(live, r) -> None:
     live.store.delete(layout.probe_centroids(r.id))
 
 
+def delete_probe_json(live, r) -> None:
+    live.store.delete(layout.probe_json(r.id))
+
+
 def oversize_probe_json(live, r) -> None:
     live.store.write_bytes(layout.probe_json(r.id), b" " * (MAX_PROBE_JSON_BYTES + 1))
 
@@ -79,6 +83,7 @@ TAMPERS = {  # how the probe is changed after publish, and what the round's fail
     "probe.json": (tamper_probe_json, "probe/probe.json: changed after publish"),
     "centroids.npy": (tamper_centroids, "probe/centroids.npy: sha256 does not match"),
     "centroids.npy deleted": (delete_centroids, "probe/centroids.npy: no such object"),
+    "probe.json deleted": (delete_probe_json, "probe/probe.json: no such object"),
     "probe.json oversized": (oversize_probe_json, f"probe/probe.json: {MAX_PROBE_JSON_BYTES + 1} bytes, larger"),
 }
 
