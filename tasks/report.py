@@ -63,6 +63,13 @@ def short_reason(reason: str) -> str:
     return text if len(text) <= DETAIL_CHARS else text[: DETAIL_CHARS - 1] + "…"
 
 
+def uploaders_markdown(frame: pd.DataFrame) -> str:
+    """A table of what uploaders sent (their ids and bytes can be quoted in it) as Markdown in
+    which those texts cannot break the table or render as links, images or HTML."""
+    safe = frame.map(lambda v: re.sub(r"([|\[\]<>`!])", r"\\\1", v) if isinstance(v, str) else v)
+    return markdown_table(safe)
+
+
 def _uploader(key: str) -> str:
     return key.rsplit("/", 1)[-1].removesuffix(".json")
 
@@ -100,7 +107,7 @@ def refusals_frame(responses: dict) -> pd.DataFrame:
 def write_answers(store_url: str, round_id: str, clients: list[str], responses: dict) -> list[dict]:
     """Who answered, as a table artifact (the operator need not read ledger.json)."""
     table, refusals = answers_frame(clients, responses), refusals_frame(responses)
-    text = markdown_table(table) + ("\n\n" + markdown_table(refusals) if len(refusals) else "")
+    text = uploaders_markdown(table) + ("\n\n" + uploaders_markdown(refusals) if len(refusals) else "")
     catalog.store(store_url).write_bytes(layout.round_key(round_id, "answers.md"), text.encode())
     create_table_artifact(table.to_dict(orient="records"), key=artifact_key(round_id, "answers"),
                           description=f"ECOS round {round_id}: who answered")  # fmt: skip
@@ -166,8 +173,8 @@ def write_report(
         "## Results", markdown_table(results[COLUMNS]),
         "What each method is:\n" + "\n".join(f"- {METHODS[m]}" for m in dict.fromkeys(results["method"]) if m in METHODS),
         "## Cost of each method (bytes between cloud and device, seconds)", markdown_table(results[COST_COLUMNS]),
-        "## Who answered", markdown_table(answers_frame(list(cfg.clients), responses)),
-        *([markdown_table(refusals_frame(responses))] if responses["rejected"] else []),
+        "## Who answered", uploaders_markdown(answers_frame(list(cfg.clients), responses)),
+        *([uploaders_markdown(refusals_frame(responses))] if responses["rejected"] else []),
         *(["## Privacy spent by each device (its own ledger, all rounds so far)",
            markdown_table(device_epsilons(cfg, device_dir))] if simulated and device_dir else []),
         "## Domain mix of each proxy set", markdown_table(mix.reset_index(names="method")),

@@ -1,5 +1,7 @@
 """The round's report helpers (ecos_core.report)."""
 
+import re
+
 import pandas as pd
 
 from ecos_core.report import results_plot
@@ -53,3 +55,12 @@ def test_the_answers_tables_stay_readable_with_many_long_refusals():
     assert dict(zip(answers["client_id"], answers["status"])) == {"c0": "accepted", "c1": "refused", "c2": "refused",
                                                                    "c3": "missing"}  # fmt: skip
     assert refusals["uploads"].tolist() == [30, 1] and refusals["uploaders"].tolist() == ["c0, c1, c2", "c1"]
+
+
+def test_an_uploaders_text_cannot_break_the_reports_markdown():
+    from tasks.report import answers_frame, uploaders_markdown
+
+    evil = "s3://b/r/c9.json: unknown client 'a|b' ![x](http://evil) <img src=x>"
+    text = uploaders_markdown(answers_frame(["c0"], {"accepted": {}, "rejected": [{"key": "r/c9.json", "reason": evil}]}))
+    assert all(line.count("|") - line.count("\\|") == 5 for line in text.splitlines())  # 4 columns, no more
+    assert not re.search(r"(?<!\\)(!\[|<img)", text)  # no unescaped image or HTML
