@@ -6,6 +6,7 @@ the training stack.
 
 from __future__ import annotations
 
+from pydantic import SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -19,7 +20,7 @@ class Settings(BaseSettings):
     device_dir: str = "./ecos-devices"  # simulated clients' private data ("on the device")
     s3_endpoint: str | None = None  # e.g. http://127.0.0.1:9000 (rclone serve s3); None: AWS
     s3_key: str | None = None
-    s3_secret: str | None = None
+    s3_secret: SecretStr | None = None  # never printed: repr(Settings()) shows '**********'
 
     def storage_options(self, url: str) -> dict:
         """fsspec options for `url`: S3 credentials and endpoint, nothing for other stores.
@@ -33,7 +34,7 @@ class Settings(BaseSettings):
                                            "retries": {"max_attempts": 3}, "connect_timeout": 5,
                                            **S3_CHECKSUM_CONFIG}}  # fmt: skip
         if self.s3_key:
-            options.update(key=self.s3_key, secret=self.s3_secret)
+            options.update(key=self.s3_key, secret=self.s3_secret.get_secret_value() if self.s3_secret else None)
         if self.s3_endpoint:
             options["client_kwargs"] = {"endpoint_url": self.s3_endpoint, "region_name": "us-east-1"}
         return options

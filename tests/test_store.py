@@ -116,3 +116,11 @@ def test_s3_stores_get_the_checksum_switches_whatever_options_they_are_given():
     settings = Settings(s3_endpoint="http://127.0.0.1:9", s3_key="k", s3_secret="s").storage_options("s3://b/x")
     assert S3_CHECKSUM_CONFIG.items() <= settings["config_kwargs"].items()
     assert Settings().storage_options("./folder") == {}
+
+
+def test_the_s3_secret_is_never_printed_with_the_settings():
+    from ecos_core.settings import Settings
+
+    settings = Settings(s3_key="k", s3_secret="the-secret", s3_endpoint="http://127.0.0.1:9")
+    assert "the-secret" not in repr(settings) and "the-secret" not in str(settings.model_dump())
+    assert settings.storage_options("s3://b/x")["secret"] == "the-secret"
