@@ -54,20 +54,22 @@ def artifact_key(round_id: str, what: str) -> str:
     return re.sub(r"[^a-z0-9-]+", "-", f"ecos-{round_id}-{what}".lower())
 
 
-DETAIL_CHARS = 72  # the UI's table wraps nothing: a cell past this pushes columns off a 1440-px screen
+# Prefect's UI wraps no table cell: measured at 1440 px, a 4-column table's last cell holds
+# ≈ 55 characters before it runs off the screen, a 3-column one's first cell ≈ 75
+DETAIL_CHARS, REASON_CHARS = 52, 72
 
 
-def short_reason(reason: str) -> str:
+def short_reason(reason: str, limit: int = REASON_CHARS) -> str:
     """A refusal without the object's URL in front (the client column names it), cut to fit a table cell."""
     text = re.sub(r"^[a-z0-9]+://\S+?: ", "", reason.strip().splitlines()[0] if reason.strip() else "")
-    return text if len(text) <= DETAIL_CHARS else text[: DETAIL_CHARS - 1] + "…"
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def uploaders_markdown(frame: pd.DataFrame) -> str:
-    """A table of what uploaders sent (their ids and bytes can be quoted in it) as Markdown in
-    which those texts cannot break the table or render as links, images or HTML."""
-    safe = frame.map(lambda v: re.sub(r"([|\[\]<>`!])", r"\\\1", v) if isinstance(v, str) else v)
-    return markdown_table(safe)
+def uploaders_safe(frame: pd.DataFrame) -> pd.DataFrame:
+    """A table of what uploaders sent (their ids and bytes can be quoted in it) with Markdown's
+    table, link, image and HTML characters escaped: the report and Prefect's UI (which renders
+    table cells as Markdown) show them as text, and a '|' cannot split a cell."""
+    return frame.map(lambda v: re.sub(r"([|\[\]<>`!])", r"\\\1", v) if isinstance(v, str) else v)
 
 
 def _uploader(key: str) -> str:
@@ -85,12 +87,12 @@ def answers_frame(clients: list[str], responses: dict) -> pd.DataFrame:
             status, detail = "accepted", f"{responses['accepted'][c].get('bytes', 0)} bytes"
         elif c in refused:
             late = all("after the deadline" in r for r in refused[c])
-            status, detail = ("late" if late else "refused"), short_reason(refused[c][-1])
+            status, detail = ("late" if late else "refused"), short_reason(refused[c][-1], DETAIL_CHARS)
         else:
             status, detail = "missing", "no upload by the deadline"
         rows.append({"client_id": c, "status": status, "refused_uploads": len(refused.get(c, [])), "detail": detail})
     rows += [{"client_id": f"(not a client: {name})", "status": "refused", "refused_uploads": len(reasons),
-              "detail": short_reason(reasons[-1])} for name, reasons in refused.items() if name not in clients]  # fmt: skip
+              "detail": short_reason(reasons[-1], DETAIL_CHARS)} for name, reasons in refused.items() if name not in clients]  # fmt: skip
     return pd.DataFrame(rows, columns=["client_id", "status", "refused_uploads", "detail"])
 
 
@@ -99,15 +101,15 @@ def refusals_frame(responses: dict) -> pd.DataFrame:
     rows = pd.DataFrame([{"reason": short_reason(r["reason"]), "uploader": _uploader(r["key"])}
                          for r in responses["rejected"]], columns=["reason", "uploader"])  # fmt: skip
     table = rows.groupby("reason", sort=False).agg(uploads=("uploader", "size"), uploaders=("uploader", "unique"))
-    table["uploaders"] = [short_reason(", ".join(sorted(u))) for u in table["uploaders"]]
+    table["uploaders"] = [short_reason(", ".join(sorted(u)), 40) for u in table["uploaders"]]
     return table.sort_values("uploads", ascending=False, kind="stable").reset_index()
 
 
 @task(name="write-answers", **STORAGE_RETRIES)
 def write_answers(store_url: str, round_id: str, clients: list[str], responses: dict) -> list[dict]:
     """Who answered, as a table artifact (the operator need not read ledger.json)."""
-    table, refusals = answers_frame(clients, responses), refusals_frame(responses)
-    text = uploaders_markdown(table) + ("\n\n" + uploaders_markdown(refusals) if len(refusals) else "")
+    table, refusals = uploaders_safe(answers_frame(clients, responses)), uploaders_safe(refusals_frame(responses))
+    text = markdown_table(table) + ("\n\n" + markdown_table(refusals) if len(refusals) else "")
     catalog.store(store_url).write_bytes(layout.round_key(round_id, "answers.md"), text.encode())
     create_table_artifact(table.to_dict(orient="records"), key=artifact_key(round_id, "answers"),
                           description=f"ECOS round {round_id}: who answered")  # fmt: skip
@@ -173,8 +175,8 @@ def write_report(
         "## Results", markdown_table(results[COLUMNS]),
         "What each method is:\n" + "\n".join(f"- {METHODS[m]}" for m in dict.fromkeys(results["method"]) if m in METHODS),
         "## Cost of each method (bytes between cloud and device, seconds)", markdown_table(results[COST_COLUMNS]),
-        "## Who answered", uploaders_markdown(answers_frame(list(cfg.clients), responses)),
-        *([uploaders_markdown(refusals_frame(responses))] if responses["rejected"] else []),
+        "## Who answered", markdown_table(uploaders_safe(answers_frame(list(cfg.clients), responses))),
+        *([markdown_table(uploaders_safe(refusals_frame(responses)))] if responses["rejected"] else []),
         *(["## Privacy spent by each device (its own ledger, all rounds so far)",
            markdown_table(device_epsilons(cfg, device_dir))] if simulated and device_dir else []),
         "## Domain mix of each proxy set", markdown_table(mix.reset_index(names="method")),

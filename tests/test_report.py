@@ -42,7 +42,7 @@ def test_step_times_survive_a_suspend_and_resume(tmp_path):
 def test_the_answers_tables_stay_readable_with_many_long_refusals():
     """Every cell fits a 1440-px screen however long the reasons, and refusals are counted by
     reason, one row each (the full texts stay in ledger.json)."""
-    from tasks.report import DETAIL_CHARS, answers_frame, refusals_frame
+    from tasks.report import DETAIL_CHARS, REASON_CHARS, answers_frame, refusals_frame
 
     url = "s3://ecos/rounds/r1/responses"
     bomb = "signed response is not valid JSON (" + "[" * 5000 + ")"
@@ -50,7 +50,7 @@ def test_the_answers_tables_stay_readable_with_many_long_refusals():
     rejected.append({"key": f"{url}/c1.json", "reason": f"{url}/c1.json: bad signature for client 'c1'"})
     responses = {"accepted": {"c0": {"bytes": 650}}, "rejected": rejected}
     answers, refusals = answers_frame(["c0", "c1", "c2", "c3"], responses), refusals_frame(responses)
-    assert answers["detail"].str.len().max() <= DETAIL_CHARS and refusals["reason"].str.len().max() <= DETAIL_CHARS
+    assert answers["detail"].str.len().max() <= DETAIL_CHARS and refusals["reason"].str.len().max() <= REASON_CHARS
     assert not answers["detail"].str.contains("s3://").any()
     assert dict(zip(answers["client_id"], answers["status"])) == {"c0": "accepted", "c1": "refused", "c2": "refused",
                                                                    "c3": "missing"}  # fmt: skip
@@ -58,9 +58,11 @@ def test_the_answers_tables_stay_readable_with_many_long_refusals():
 
 
 def test_an_uploaders_text_cannot_break_the_reports_markdown():
-    from tasks.report import answers_frame, uploaders_markdown
+    from ecos_core.report import markdown_table
+    from tasks.report import answers_frame, uploaders_safe
 
     evil = "s3://b/r/c9.json: unknown client 'a|b' ![x](http://evil) <img src=x>"
-    text = uploaders_markdown(answers_frame(["c0"], {"accepted": {}, "rejected": [{"key": "r/c9.json", "reason": evil}]}))
+    text = markdown_table(uploaders_safe(answers_frame(["c0"], {"accepted": {}, "rejected": [{"key": "r/c9.json",
+                                                                                            "reason": evil}]})))  # fmt: skip
     assert all(line.count("|") - line.count("\\|") == 5 for line in text.splitlines())  # 4 columns, no more
     assert not re.search(r"(?<!\\)(!\[|<img)", text)  # no unescaped image or HTML
