@@ -68,7 +68,7 @@ from infra.processes import (  # noqa: F401
 )
 
 from infra.prefect_records import claim_server, ensure_crash_detection, require_own_server, server_installation  # noqa: F401
-from infra.status_view import current_errors, supervise_line
+from infra.status_view import supervise_line
 from infra.prefect_services import (  # noqa: F401 (re-exported: the CLI and tests use services.X)
     _prefect_env,
     _prefect_healthy,
@@ -287,10 +287,9 @@ def status(cfg: Config | None = None, out=None) -> dict[str, dict]:
         if name == "prefect" and running:
             info["healthy"] = _prefect_healthy(cfg)
         if name == "watcher" and running:
-            try:  # what the watcher itself last said; errors of rounds it no longer tends are history
+            try:  # what the watcher itself last said: it drops the errors of rounds it no longer tends
                 beat = json.loads(watcher_heartbeat(cfg).read_text())
-                errors = current_errors(cfg, beat["errors"])
-                info.update(sweeps=beat["sweeps"], last_sweep_at=beat["last_sweep_at"], errors=errors)
+                info.update(sweeps=beat["sweeps"], last_sweep_at=beat["last_sweep_at"], errors=beat["errors"])
             except (OSError, ValueError, KeyError):
                 info["healthy"] = False
         if name in ("worker", "gpu-worker", "watcher") and running:

@@ -90,8 +90,7 @@ class Replaced(Exception):
 def _read_listed(store: Store, key: str, version: Version) -> bytes:
     """The bytes of exactly the listed version, or Replaced. On S3 the ETag of a plain PUT
     is the content's MD5; elsewhere the object is looked at again after the read."""
-    # an empty object is not read: S3 answers a ranged GET of 0 bytes with InvalidRange
-    data = store.read_bytes(key, MAX_RESPONSE_BYTES) if version.size else b""
+    data = store.read_bytes(key, MAX_RESPONSE_BYTES)
     if re.fullmatch(r"[0-9a-f]{32}", version.tag):
         if hashlib.md5(data, usedforsecurity=False).hexdigest() != version.tag:
             raise Replaced(key)

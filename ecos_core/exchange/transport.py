@@ -10,17 +10,17 @@ because a PUT of identical bytes is idempotent."""
 from __future__ import annotations
 
 import http.client
-import os
 import random
 import re
 import time
 import urllib.error
 import urllib.request
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from urllib.parse import urlparse
+
+from ecos_core.storage.private_file import write_private
 
 RETRY_STATUS = frozenset({408, 429})  # and every 5xx: the server's trouble, not the request's
 
@@ -181,26 +181,16 @@ def fetch(url: str, max_bytes: int, timeout_s: float = 30.0, until: datetime | N
 
 
 def _put_file(path: str, data: bytes) -> None:
-    """Create the file atomically (a reader never sees half of it); the same bytes again
-    are a success (a re-send), different bytes a refusal (a second answer)."""
-    parent = os.path.dirname(path)
-    os.makedirs(parent, exist_ok=True)
-    tmp = os.path.join(parent, f".tmp-{uuid.uuid4().hex}")  # dot names are never listed as uploads
+    """Create the file whole (a reader never sees half of it, and its temporary name is a dot
+    name, never listed as an upload); the same bytes again are a success (a re-send),
+    different bytes a refusal (a second answer)."""
     try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)
-        os.link(tmp, path)  # fails if `path` exists: never replaces an answer
+        write_private(path, data, exclusive=True)  # a link: never replaces an answer
     except FileExistsError:
         with open(path, "rb") as fh:
             if fh.read(len(data) + 1) == data:
                 return
         raise Refused(f"file://{path}: already uploaded with different bytes; not overwritten") from None
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def put_until(
